@@ -1,0 +1,261 @@
+"""Typed run configuration: what the Hydra entry point converts its config into once.
+
+The library takes these dataclasses, never a DictConfig, so it works from a
+notebook or a script without Hydra.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from bnstudy.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, and how it is split, normalised and augmented."""
+
+    name: str = "mnist"
+    val_size: int = 0  # examples held out of the training split for validation
+    augment: bool = False  # 4-px pad random crop + horizontal flip (for 32x32 RGB)
+    normalize: bool = True  # per-channel standardisation of the inputs
+    download: bool = True  # allow torchvision's download when nothing local exists
+    # only for `synthetic`
+    channels: int = 1
+    size: int = 28
+    train_size: int = 2048
+    test_size: int = 512
+    num_classes: int = 10
+
+
+@dataclass
+class ModelConfig:
+    """Architecture and its size."""
+
+    name: str = "mlp"
+    depth: int = 3
+    width: int = 100
+    activation: str = "sigmoid"
+
+
+@dataclass
+class NormConfig:
+    """Normalization variant and its parameters."""
+
+    name: str = "bn"
+    eps: float = 1e-5
+    momentum: float = 0.1  # running-statistics momentum (torch convention)
+    freeze_after: int = 1000  # bn_frozen: steps of ordinary BN before freezing
+    noise_mean_max: float = 0.5  # noisy_bn: shift ~ U(-m, m) per channel ...
+    noise_std_max: float = 0.5  # ... and scale ~ U(1 - s, 1 + s), see bnstudy.norm
+    groups: int = 8  # groupnorm: number of groups (reduced to a divisor of C)
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and its hyperparameters."""
+
+    name: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass
+class SchedConfig:
+    """Learning-rate schedule over the step budget."""
+
+    name: str = "constant"  # constant | step | cosine
+    warmup: int = 0  # linear warmup steps
+    milestones: tuple[float, ...] = (0.5, 0.75)  # step: fractions of train.steps
+    gamma: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    """Budget, logging cadence and execution options of the training loop."""
+
+    steps: int = 5000
+    batch_size: int = 60
+    eval_every: int = 500
+    log_every: int = 100
+    eval_batch_size: int = 2000
+    checkpoint_every: int = 1000
+    diverge_loss: float = 1000.0
+    progress: str = "auto"  # auto | on | off
+    compile: bool = False
+    amp: bool = False
+    channels_last: bool = False
+    threads: int = 0  # 0: torch's default, divided between parallel jobs
+
+
+@dataclass
+class ProbeConfig:
+    """Opt-in activation and landscape probes (0 = off)."""
+
+    every: int = 0
+    batch_size: int = 1000
+    landscape: bool = False
+
+
+@dataclass
+class LoggerConfig:
+    """Optional extra loggers."""
+
+    tensorboard: bool = False
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run depends on."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    norm: NormConfig = field(default_factory=NormConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = 0
+    device: str = "auto"
+    out_dir: str = "results/runs"
+    force: bool = False
+    study: str = ""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        """Build from a plain nested dict (e.g. a resolved Hydra config); unknown keys are errors."""
+        return _build(cls, d, "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict, JSON/YAML friendly."""
+        return _plain(dataclasses.asdict(self))
+
+
+# Keys that change how a run executes or is reported, not what it computes:
+# they are left out of the run's identity, so changing them never re-trains.
+NON_IDENTITY = {
+    "seed",
+    "device",
+    "out_dir",
+    "force",
+    "study",
+    "train.progress",
+    "train.checkpoint_every",
+    "train.threads",
+    "train.compile",
+    "logger",
+    "data.download",
+}
+
+
+def _build(cls, d: dict[str, Any], prefix: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in (d or {}).items():
+        if key not in fields:
+            raise ConfigError(f"unknown config key '{prefix}{key}'; valid keys: {', '.join(fields)}")
+        f = fields[key]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = _build(type(default), value, f"{prefix}{key}.")
+        elif isinstance(default, tuple) and value is not None:
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def identity(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The flat subset of a config dict that determines a run's results (seed aside)."""
+    flat = _flatten({k: v for k, v in cfg.items() if k != "hydra"})
+    return {
+        k: v
+        for k, v in sorted(flat.items())
+        if k not in NON_IDENTITY and k.split(".")[0] not in NON_IDENTITY
+    }
+
+
+def config_hash(cfg: dict[str, Any]) -> str:
+    """Short stable hash of a config's identity."""
+    blob = json.dumps(_plain(identity(cfg)), sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:8]
+
+
+def _fmt(x: Any) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def run_name(cfg: dict[str, Any]) -> str:
+    """Deterministic run folder name, relative to out_dir: readable factors + hash, then the seed.
+
+    Example: ``mnist-mlp-bn-sgd-lr0.01-bs60-5d1c2e4a/seed0``.
+    """
+    g = lambda *ks: _get(cfg, ks)  # noqa: E731
+    readable = "-".join(
+        [
+            str(g("data", "name")),
+            str(g("model", "name")),
+            str(g("norm", "name")),
+            str(g("optim", "name")),
+            "lr" + _fmt(g("optim", "lr")),
+            "bs" + _fmt(g("train", "batch_size")),
+        ]
+    )
+    return f"{readable}-{config_hash(cfg)}/seed{g('seed')}"
+
+
+def _get(cfg: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    cur: Any = cfg
+    for k in keys:
+        cur = cur[k] if k in cur else None
+        if cur is None:
+            break
+    return cur
+
+
+def factors(cfg: RunConfig) -> dict[str, Any]:
+    """Flat factor dict stored in summary.json and used for tables and plots."""
+    return {
+        "data": cfg.data.name,
+        "model": cfg.model.name,
+        "norm": cfg.norm.name,
+        "optim": cfg.optim.name,
+        "lr": cfg.optim.lr,
+        "momentum": cfg.optim.momentum,
+        "weight_decay": cfg.optim.weight_decay,
+        "sched": cfg.sched.name,
+        "batch_size": cfg.train.batch_size,
+        "steps": cfg.train.steps,
+        "seed": cfg.seed,
+        "depth": cfg.model.depth,
+        "width": cfg.model.width,
+        "activation": cfg.model.activation,
+        "augment": cfg.data.augment,
+        "study": cfg.study,
+    }

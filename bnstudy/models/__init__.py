@@ -1,0 +1,186 @@
+"""Architectures: MLP, CNN, VGG and ResNet, each with its norm layers from :func:`bnstudy.norm.make_norm`.
+
+Every model takes an input shape (C, H, W) and a class count, so grey 28x28 and
+RGB 32x32 inputs both work everywhere.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from bnstudy.config import ModelConfig, NormConfig
+from bnstudy.errors import ConfigError
+from bnstudy.norm import make_norm, needs_bias
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "sigmoid": nn.Sigmoid,
+    "relu": lambda: nn.ReLU(inplace=True),
+    "tanh": nn.Tanh,
+}
+
+
+def activation(name: str) -> nn.Module:
+    """A fresh activation module by name."""
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise ConfigError(
+            f"unknown model.activation '{name}'; choose one of: {', '.join(ACTIVATIONS)}"
+        ) from None
+
+
+class MLP(nn.Module):
+    """Fully connected net: [linear → norm → activation] x depth, then a linear classifier.
+
+    Defaults are Ioffe & Szegedy (2015, §4.1): 3 hidden layers of 100 sigmoid units.
+    """
+
+    def __init__(self, cfg: ModelConfig, norm: NormConfig, in_shape: tuple[int, int, int], num_classes: int):
+        super().__init__()
+        bias = needs_bias(norm)
+        layers: list[nn.Module] = [nn.Flatten()]
+        fan_in = in_shape[0] * in_shape[1] * in_shape[2]
+        for _ in range(cfg.depth):
+            layers += [nn.Linear(fan_in, cfg.width, bias=bias), make_norm(norm, cfg.width, 1), activation(cfg.activation)]
+            fan_in = cfg.width
+        layers.append(nn.Linear(fan_in, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (B, C, H, W) -> (B, classes)
+
+
+def conv_block(c_in: int, c_out: int, norm: NormConfig, act: str, stride: int = 1) -> list[nn.Module]:
+    """3x3 conv → norm → activation."""
+    return [
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=needs_bias(norm)),
+        make_norm(norm, c_out, 2),
+        activation(act),
+    ]
+
+
+class CNN(nn.Module):
+    """Small conv net: ``depth`` stages of conv → norm → activation, 2x2 max-pooling between stages.
+
+    Stage i has ``width * 2**i`` channels; a global average pool and a linear
+    classifier follow the last stage.
+    """
+
+    def __init__(self, cfg: ModelConfig, norm: NormConfig, in_shape: tuple[int, int, int], num_classes: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in, size = in_shape[0], in_shape[1]
+        for i in range(cfg.depth):
+            c_out = cfg.width * 2**i
+            if i > 0 and size >= 2:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            layers += conv_block(c_in, c_out, norm, cfg.activation)
+            c_in = c_out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+# VGG-A (VGG-11) layout in units of the base width (64 in the original); "M" = 2x2 max-pool.
+VGG11 = [1, "M", 2, "M", 4, 4, "M", 8, 8, "M", 8, 8, "M"]
+
+
+class VGG(nn.Module):
+    """VGG-11 ("VGG-A", Simonyan & Zisserman 2015) for small images, as in Santurkar et al. (2018).
+
+    ``width`` is the first layer's channel count (64 in the original); a pool is
+    skipped once the feature map is 1x1, so 28x28 inputs work too. Classifier:
+    global pool + one linear layer, as usual for CIFAR-sized VGGs.
+    """
+
+    def __init__(self, cfg: ModelConfig, norm: NormConfig, in_shape: tuple[int, int, int], num_classes: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in, size = in_shape[0], in_shape[1]
+        for item in VGG11:
+            if item == "M":
+                if size >= 2:
+                    layers.append(nn.MaxPool2d(2))
+                    size //= 2
+                continue
+            c_out = cfg.width * int(item)
+            layers += conv_block(c_in, c_out, norm, cfg.activation)
+            c_in = c_out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 conv → norm, identity or 1x1-projection shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, norm: NormConfig, act: str):
+        super().__init__()
+        bias = needs_bias(norm)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=bias)
+        self.norm1 = make_norm(norm, c_out, 2)
+        self.act1 = activation(act)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=bias)
+        self.norm2 = make_norm(norm, c_out, 2)
+        self.act2 = activation(act)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=bias), make_norm(norm, c_out, 2)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act1(self.norm1(self.conv1(x)))
+        out = self.norm2(self.conv2(out))
+        return self.act2(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """CIFAR ResNet (He et al. 2016, §4.2): depth 6n+2, three stages of n blocks, widths w, 2w, 4w."""
+
+    def __init__(self, cfg: ModelConfig, norm: NormConfig, in_shape: tuple[int, int, int], num_classes: int):
+        super().__init__()
+        if (cfg.depth - 2) % 6 != 0 or cfg.depth < 8:
+            raise ConfigError(f"model.depth={cfg.depth} is not a CIFAR ResNet depth; use 6n+2 (8, 14, 20, 32, 56, ...)")
+        n = (cfg.depth - 2) // 6
+        w = cfg.width
+        layers: list[nn.Module] = conv_block(in_shape[0], w, norm, cfg.activation)
+        c_in = w
+        for stage in range(3):
+            c_out = w * 2**stage
+            for i in range(n):
+                stride = 2 if (stage > 0 and i == 0) else 1
+                layers.append(BasicBlock(c_in, c_out, stride, norm, cfg.activation))
+                c_in = c_out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN, "vgg": VGG, "resnet": ResNet}
+
+
+def build_model(cfg: ModelConfig, norm: NormConfig, in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """Instantiate ``cfg.name`` for inputs of ``in_shape`` (C, H, W)."""
+    if cfg.name not in MODELS:
+        raise ConfigError(f"unknown model '{cfg.name}'; choose one of: {', '.join(MODELS)}")
+    if cfg.depth < 1:
+        raise ConfigError(f"model.depth must be >= 1 (got {cfg.depth})")
+    if cfg.width < 1:
+        raise ConfigError(f"model.width must be >= 1 (got {cfg.width})")
+    activation(cfg.activation)  # validates the name before any layer is built
+    return MODELS[cfg.name](cfg, norm, in_shape, num_classes)
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,1 @@
+"""Normalization variants beyond bn / affine / none that isolate what standardization buys."""

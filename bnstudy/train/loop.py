@@ -1,0 +1,498 @@
+"""The training loop: one function you can read top to bottom.
+
+The loop itself only steps the optimizer. Logging, divergence checks,
+evaluation, probes and checkpoints are hooks that fire every N steps; the loop
+computes when the next one is due, so steps between hooks do no extra work and
+no host sync (losses stay on the device until a log point reads them).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnstudy import data as data_lib
+from bnstudy.config import RunConfig, factors
+from bnstudy.errors import ConfigError
+from bnstudy.models import build_model, count_params
+from bnstudy.runs import MetricsLog, read_summary, write_json
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class Diverged(Exception):
+    """Raised by the logging hook when the loss is non-finite or above ``train.diverge_loss``."""
+
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"loss {loss} at step {step}")
+        self.step, self.loss = step, loss
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is a config error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is available; use device=auto or device=cpu")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device '{name}'; choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Reject impossible values before any data is loaded or folder written."""
+    from bnstudy.models import activation
+    from bnstudy.norm import variant
+
+    t, o = cfg.train, cfg.optim
+    checks = [
+        (o.lr > 0, f"optim.lr must be > 0 (got {o.lr})"),
+        (t.steps > 0, f"train.steps must be > 0 (got {t.steps})"),
+        (t.batch_size > 0, f"train.batch_size must be > 0 (got {t.batch_size})"),
+        (t.eval_every > 0, f"train.eval_every must be > 0 (got {t.eval_every})"),
+        (t.log_every > 0, f"train.log_every must be > 0 (got {t.log_every})"),
+        (t.checkpoint_every > 0, f"train.checkpoint_every must be > 0 (got {t.checkpoint_every})"),
+        (t.eval_batch_size > 0, f"train.eval_batch_size must be > 0 (got {t.eval_batch_size})"),
+        (cfg.model.depth >= 1, f"model.depth must be >= 1 (got {cfg.model.depth})"),
+        (cfg.model.width >= 1, f"model.width must be >= 1 (got {cfg.model.width})"),
+        (o.momentum >= 0, f"optim.momentum must be >= 0 (got {o.momentum})"),
+        (o.weight_decay >= 0, f"optim.weight_decay must be >= 0 (got {o.weight_decay})"),
+        (o.name in OPTIMIZERS, f"unknown optim '{o.name}'; choose one of: {', '.join(OPTIMIZERS)}"),
+        (cfg.sched.name in ("constant", "step", "cosine"), f"unknown sched '{cfg.sched.name}'; choose constant, step or cosine"),
+        (cfg.probe.every >= 0, f"probe.every must be >= 0 (got {cfg.probe.every})"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+    activation(cfg.model.activation)
+    variant(cfg.norm.name)
+    s = data_lib.spec(cfg.data)
+    n_train = s.train_size - cfg.data.val_size
+    if t.batch_size > n_train:
+        raise ConfigError(
+            f"train.batch_size={t.batch_size} is larger than the {n_train} training examples of {cfg.data.name}; lower it"
+        )
+    resolve_device(cfg.device)
+
+
+# ---------------------------------------------------------------- optimizers and schedules
+
+
+def _sgd(params, o) -> torch.optim.Optimizer:
+    return torch.optim.SGD(
+        params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0, weight_decay=o.weight_decay, foreach=True
+    )
+
+
+def _adam(params, o) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, foreach=True)
+
+
+OPTIMIZERS: dict[str, Callable] = {"sgd": _sgd, "adam": _adam}
+
+
+def lr_factor(cfg: RunConfig) -> Callable[[int], float]:
+    """Multiplier of the base learning rate after ``step`` optimizer steps."""
+    s, total = cfg.sched, cfg.train.steps
+    milestones = [int(f * total) for f in s.milestones]
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / s.warmup) if s.warmup > 0 else 1.0
+        if s.name == "step":
+            return warm * s.gamma ** sum(step >= m for m in milestones)
+        if s.name == "cosine":
+            t = min(1.0, max(0.0, (step - s.warmup) / max(1, total - s.warmup)))
+            return warm * 0.5 * (1 + math.cos(math.pi * t))
+        return warm
+
+    return factor
+
+
+# ---------------------------------------------------------------- batches
+
+
+class Batches:
+    """Epochs of ``randperm`` mini-batch indices from a dedicated generator (its state is checkpointed)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, device: torch.device):
+        self.n, self.bs, self.device = n, batch_size, device
+        self.gen = torch.Generator().manual_seed(seed)
+        self.perm = torch.empty(0, dtype=torch.long)
+        self.pos = n  # forces a fresh permutation on the first call
+
+    def next(self) -> torch.Tensor:
+        """Indices of the next batch; the incomplete tail of an epoch is dropped."""
+        if self.pos + self.bs > self.n:
+            self.perm = torch.randperm(self.n, generator=self.gen).to(self.device)
+            self.pos = 0
+        idx = self.perm[self.pos : self.pos + self.bs]
+        self.pos += self.bs
+        return idx
+
+    def state_dict(self) -> dict[str, Any]:
+        """Generator state, current permutation and position."""
+        return {"gen": self.gen.get_state(), "perm": self.perm.cpu(), "pos": self.pos}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.gen.set_state(sd["gen"])
+        self.perm = sd["perm"].to(self.device)
+        self.pos = sd["pos"]
+
+
+# ---------------------------------------------------------------- state and hooks
+
+
+@dataclass
+class State:
+    """Everything the hooks may read or update."""
+
+    cfg: RunConfig
+    run_dir: Path
+    device: torch.device
+    data: data_lib.Data
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    batches: Batches
+    log: MetricsLog
+    step: int = 0
+    losses: list[torch.Tensor] = field(default_factory=list)  # per-step losses since the last log point
+    train_seconds: float = 0.0
+    hook_seconds: float = 0.0
+    last_train_loss: float = float("nan")
+    last_eval: dict[str, float] = field(default_factory=dict)
+    best_acc: float = float("nan")
+    extra: dict[str, Any] = field(default_factory=dict)  # hook-owned state, checkpointed
+
+    def lr(self) -> float:
+        """Current learning rate of the first parameter group."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+
+@dataclass
+class Hook:
+    """Calls ``fn(state)`` every ``every`` steps and at the last step."""
+
+    name: str
+    every: int
+    fn: Callable[[State], None]
+
+
+def log_hook(state: State) -> None:
+    """Train loss (mean over the interval) and lr; raises :class:`Diverged` on a bad loss."""
+    if not state.losses:
+        return
+    vals = torch.stack(state.losses).float().cpu()  # the only host sync of the interval
+    first = state.step - len(vals) + 1
+    limit = state.cfg.train.diverge_loss
+    bad = (~torch.isfinite(vals)) | (vals > limit)
+    state.losses.clear()
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        state.last_train_loss = float(vals[i])
+        state.log.write(first + i, [("train", "loss", float(vals[i]))], state.train_seconds)
+        raise Diverged(first + i, float(vals[i]))
+    state.last_train_loss = float(vals.mean())
+    state.log.write(state.step, [("train", "loss", state.last_train_loss), ("train", "lr", state.lr())], state.train_seconds)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, amp: bool = False) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``model`` in eval mode over (x, y)."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
+    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    ctx = torch.autocast(x.device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+    with ctx:
+        for i in range(0, x.shape[0], batch_size):
+            out = model(x[i : i + batch_size]).float()
+            yb = y[i : i + batch_size]
+            loss_sum += F.cross_entropy(out, yb, reduction="sum")
+            correct += (out.argmax(1) == yb).sum()
+    model.train(was_training)
+    return float(loss_sum) / x.shape[0], int(correct) / x.shape[0]
+
+
+def eval_hook(state: State) -> None:
+    """Test (and val) loss and accuracy; tracks the best test accuracy."""
+    d, t = state.data, state.cfg.train
+    amp = t.amp and state.device.type == "cuda"
+    rows = []
+    splits = [("test", d.test_x, d.test_y)] + ([("val", d.val_x, d.val_y)] if d.val_x is not None else [])
+    for split, x, y in splits:
+        loss, acc = evaluate(state.model, x, y, t.eval_batch_size, amp)
+        rows += [(split, "loss", loss), (split, "acc", acc)]
+        state.last_eval[f"{split}/loss"], state.last_eval[f"{split}/acc"] = loss, acc
+    acc = state.last_eval["test/acc"]
+    if math.isnan(state.best_acc) or acc > state.best_acc:
+        state.best_acc = acc
+    state.log.write(state.step, rows, state.train_seconds)
+
+
+def checkpoint_hook(state: State) -> None:
+    """Everything needed to continue bit-for-bit, written atomically."""
+    save_checkpoint(state)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(state: State) -> None:
+    """Write model, optimizer, scheduler, step, RNG states, data position and hook state."""
+    ckpt = {
+        "step": state.step,
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict() if state.scheduler else None,
+        "batches": state.batches.state_dict(),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "python": random.getstate(),
+        },
+        "losses": [float(v) for v in state.losses],
+        "train_seconds": state.train_seconds,
+        "hook_seconds": state.hook_seconds,
+        "last_train_loss": state.last_train_loss,
+        "last_eval": dict(state.last_eval),
+        "best_acc": state.best_acc,
+        "extra": state.extra,
+    }
+    path = state.run_dir / CHECKPOINT
+    tmp = path.with_name(f".{CHECKPOINT}.{os.getpid()}.tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(state: State) -> None:
+    """Restore a :func:`save_checkpoint` file into ``state``."""
+    ckpt = torch.load(state.run_dir / CHECKPOINT, map_location=state.device, weights_only=False)
+    _raw(state.model).load_state_dict(ckpt["model"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    if state.scheduler and ckpt["scheduler"]:
+        state.scheduler.load_state_dict(ckpt["scheduler"])
+    state.batches.load_state_dict(ckpt["batches"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if ckpt["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    random.setstate(ckpt["rng"]["python"])
+    state.step = ckpt["step"]
+    state.losses = [torch.tensor(v, device=state.device) for v in ckpt["losses"]]
+    state.train_seconds = ckpt["train_seconds"]
+    state.hook_seconds = ckpt["hook_seconds"]
+    state.last_train_loss = ckpt["last_train_loss"]
+    state.last_eval = ckpt["last_eval"]
+    state.best_acc = ckpt["best_acc"]
+    state.extra = ckpt["extra"]
+
+
+def _raw(model: nn.Module) -> nn.Module:
+    return getattr(model, "_orig_mod", model)
+
+
+# ---------------------------------------------------------------- the run
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA) and Python's RNG."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def summary(state: State, status: str, params: int, started: float, **more: Any) -> dict[str, Any]:
+    """The summary.json content for the run as it stands."""
+    steps_done = max(state.step, 1)
+    return {
+        "status": status,
+        "step": state.step,
+        "final": {
+            "test/acc": state.last_eval.get("test/acc"),
+            "test/loss": state.last_eval.get("test/loss"),
+            "train/loss": state.last_train_loss,
+            **({"val/acc": state.last_eval["val/acc"]} if "val/acc" in state.last_eval else {}),
+        },
+        "best": {"test/acc": None if math.isnan(state.best_acc) else state.best_acc},
+        "params": params,
+        "seconds": round(state.train_seconds, 4),
+        "hook_seconds": round(state.hook_seconds, 4),  # evaluation, logging, probes, checkpoints
+        "ms_per_step": round(1000 * state.train_seconds / steps_done, 5),
+        "factors": factors(state.cfg),
+        "run": f"{state.run_dir.parent.name}/{state.run_dir.name}",
+        "device": str(state.device),
+        "updated": time.time(),
+        "started": started,
+        **more,
+    }
+
+
+def _progress(cfg: RunConfig, start: int):
+    mode = cfg.train.progress
+    show = mode == "on" or (mode == "auto" and sys.stderr.isatty())
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.train.steps, initial=start, desc=cfg.norm.name, unit="step", leave=False, dynamic_ncols=True)
+
+
+def train_run(
+    cfg: RunConfig,
+    run_dir: Path,
+    extra_hooks: list[Hook] | None = None,
+    sweep_id: str | None = None,
+) -> dict[str, Any]:
+    """Train ``cfg`` in ``run_dir`` (resuming from its checkpoint if one exists); return the summary.
+
+    Raises on bad input before anything is written; any later exception leaves
+    ``status: failed`` with the traceback in ``error.txt``.
+    """
+    validate(cfg)
+    run_dir = Path(run_dir)
+    device = resolve_device(cfg.device)
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    data = data_lib.load(cfg.data, device)  # before any run file is written: bad data leaves nothing behind
+
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model, cfg.norm, data.shape, data.num_classes).to(device)
+    if cfg.train.channels_last and cfg.model.name != "mlp":
+        model = model.to(memory_format=torch.channels_last)
+    params = count_params(model)
+    optimizer = OPTIMIZERS[cfg.optim.name](model.parameters(), cfg.optim)
+    scheduler = None if cfg.sched.name == "constant" and cfg.sched.warmup == 0 else torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
+    batches = Batches(data.train_x.shape[0], cfg.train.batch_size, cfg.seed, device)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / CHECKPOINT
+    resume = ckpt_path.exists() and not cfg.force
+    if not resume:
+        ckpt_path.unlink(missing_ok=True)
+        (run_dir / "error.txt").unlink(missing_ok=True)
+    from omegaconf import OmegaConf  # local: the loop itself never needs Hydra
+
+    from bnstudy.runs import atomic_write_text
+
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(cfg.to_dict())))
+
+    state = State(cfg, run_dir, device, data, model, optimizer, scheduler, batches, log=None)  # type: ignore[arg-type]
+    if resume:
+        load_checkpoint(state)
+    state.log = MetricsLog(
+        run_dir / "metrics.csv",
+        resume_step=state.step if resume else None,
+        tensorboard_dir=run_dir / "tb" if cfg.logger.tensorboard else None,
+    )
+    prev = read_summary(run_dir) if resume else None
+    started = prev.get("started", time.time()) if prev else time.time()
+    ids = {"sweep_id": sweep_id} if sweep_id else {}
+    write_json(run_dir / "summary.json", summary(state, "running", params, started, **ids))
+
+    if cfg.train.compile:
+        t0 = time.perf_counter()
+        model = torch.compile(model)
+        state.model = model
+        state.extra["compile_seconds"] = time.perf_counter() - t0
+
+    t = cfg.train
+    hooks = [Hook("log", t.log_every, log_hook), Hook("eval", t.eval_every, eval_hook)]
+    hooks += list(extra_hooks or [])
+    hooks.append(Hook("checkpoint", t.checkpoint_every, checkpoint_hook))
+
+    bar = _progress(cfg, state.step)
+    status, more = "completed", {}
+    try:
+        _loop(state, hooks, bar)
+    except Diverged as e:
+        status, more = "diverged", {"diverged_at": e.step}
+        state.step = e.step
+        eval_hook_safe(state)
+    except KeyboardInterrupt:
+        # leave status running and the checkpoint in place: the same command resumes
+        state.log.close()
+        raise
+    except Exception:
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+        state.log.close()
+        write_json(run_dir / "summary.json", summary(state, "failed", params, started, error="error.txt", **ids))
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    state.log.close()
+    result = summary(state, status, params, started, **more, **ids)
+    write_json(run_dir / "summary.json", result)
+    ckpt_path.unlink(missing_ok=True)  # finished runs keep results, not training state
+    return result
+
+
+def eval_hook_safe(state: State) -> None:
+    """Evaluate a diverged model for the record; non-finite outputs are fine here."""
+    try:
+        eval_hook(state)
+    except Exception:  # noqa: BLE001 - a broken model must not hide the divergence result
+        pass
+
+
+def _loop(state: State, hooks: list[Hook], bar) -> None:
+    cfg, model, opt = state.cfg, state.model, state.optimizer
+    x_all, y_all = state.data.train_x, state.data.train_y
+    steps, augment = cfg.train.steps, cfg.data.augment
+    channels_last = cfg.train.channels_last and cfg.model.name != "mlp"
+    amp = cfg.train.amp and state.device.type == "cuda"
+    sched = state.scheduler
+    model.train()
+
+    def next_due(step: int) -> int:
+        due = [((step // h.every) + 1) * h.every for h in hooks]
+        return min(min(due), steps)
+
+    due = next_due(state.step)
+    t_last = time.perf_counter()
+    while state.step < steps:
+        idx = state.batches.next()
+        x, y = x_all[idx], y_all[idx]  # (B, C, H, W), (B,)
+        if augment:
+            x = data_lib.augment(x)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if amp:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = F.cross_entropy(model(x), y)
+        else:
+            loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        state.step += 1
+        state.losses.append(loss.detach())
+        if state.step < due:
+            continue
+        # a hook point: close the training-time interval, run the hooks, reopen it
+        if state.device.type == "cuda":
+            torch.cuda.synchronize()
+        t_hooks = time.perf_counter()
+        state.train_seconds += t_hooks - t_last
+        for h in hooks:
+            if state.step % h.every == 0 or state.step == steps:
+                h.fn(state)
+        if bar is not None:
+            bar.update(state.step - bar.n)
+            bar.set_postfix(loss=f"{state.last_train_loss:.4f}", acc=state.last_eval.get("test/acc", float("nan")))
+        t_last = time.perf_counter()
+        state.hook_seconds += t_last - t_hooks
+        due = next_due(state.step)
