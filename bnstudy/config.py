@@ -50,7 +50,7 @@ class NormConfig:
     momentum: float = 0.1  # running-statistics momentum (torch convention)
     freeze_after: int = 1000  # bn_frozen: steps of ordinary BN before freezing
     noise_mean_max: float = 0.5  # noisy_bn: shift ~ U(-m, m) per channel ...
-    noise_std_max: float = 0.5  # ... and scale ~ U(1 - s, 1 + s), see bnstudy.norm
+    noise_std_max: float = 0.5  # ... and scale ~ U(1 - s, 1 + s), see bnstudy.norm.variants
     groups: int = 8  # groupnorm: number of groups (reduced to a divisor of C)
 
 
@@ -59,7 +59,7 @@ class OptimConfig:
     """Optimizer and its hyperparameters."""
 
     name: str = "sgd"
-    lr: float = 0.01
+    lr: float = 0.5
     momentum: float = 0.0
     nesterov: bool = False
     weight_decay: float = 0.0

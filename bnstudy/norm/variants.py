@@ -1,1 +1,220 @@
-"""Normalization variants beyond bn / affine / none that isolate what standardization buys."""
+"""Normalization variants beyond bn / affine / none that isolate what standardization buys.
+
+Each variant removes or perturbs one ingredient of BatchNorm:
+
+- ``bn_noaffine``: standardization without γ, β.
+- ``affine_ddi``: γ, β only, initialised from the first batch so the start matches BN.
+- ``bn_nograd``: BN's forward, but backprop treats μ_B, σ_B as constants.
+- ``bn_frozen``: BN, then after ``freeze_after`` steps a fixed affine map of x.
+- ``noisy_bn``: BN followed by a random per-channel scale and shift (Santurkar et al. 2018).
+- ``layernorm``, ``groupnorm``: per-example standardization, no batch dependence.
+
+Inputs are (B, F) for dim=1 and (B, C, H, W) for dim=2. Variants that keep
+running statistics store them like torch's BatchNorm (``running_mean``,
+``running_var`` of shape (C,), ``weight``/``bias`` of shape (C,)), so the
+state_dict reads the same as ``bn``'s.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnstudy.config import NormConfig
+from bnstudy.norm import _shape, register
+
+
+def _reduce_dims(dim: int) -> tuple[int, ...]:
+    # statistics per feature/channel pool the batch (and spatial) axes
+    return (0,) if dim == 1 else (0, 2, 3)
+
+
+def _per_channel(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    # (C,) -> (1, C) or (1, C, 1, 1), to broadcast against x
+    return v.view((1, -1) + (1,) * (x.dim() - 2))
+
+
+class _RunningStats(nn.Module):
+    """γ, β and running statistics laid out like torch's BatchNorm (shared by the BN-like variants)."""
+
+    def __init__(self, num_features: int, dim: int, cfg: NormConfig):
+        super().__init__()
+        self.dim = dim
+        self.eps = cfg.eps
+        self.momentum = cfg.momentum
+        self.weight = nn.Parameter(torch.ones(num_features))  # γ, (C,)
+        self.bias = nn.Parameter(torch.zeros(num_features))  # β, (C,)
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _bn(self, x: torch.Tensor, training: bool) -> torch.Tensor:
+        # torch's fused BN: batch stats (and a running-stat update) when training, running stats otherwise
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, training, self.momentum, self.eps
+        )
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.numel()}, eps={self.eps}, momentum={self.momentum}"
+
+
+@register("bn_noaffine", shift=False)
+def batchnorm_noaffine(num_features: int, dim: int, cfg: NormConfig) -> nn.Module:
+    """Standardization only: y = (x − μ_B) / sqrt(σ_B² + ε); no γ, β.
+
+    Batch statistics in training, running estimates in evaluation (torch's
+    BatchNorm with ``affine=False``). With no β, the layer before keeps its bias.
+    """
+    cls = nn.BatchNorm1d if dim == 1 else nn.BatchNorm2d
+    return cls(num_features, eps=cfg.eps, momentum=cfg.momentum, affine=False)
+
+
+@register("affine_ddi", shift=True)
+class AffineDDI(nn.Module):
+    """Affine with data-dependent init: y = γ x + β, with γ = 1/σ₀, β = −μ₀/σ₀ set at the first training forward.
+
+    μ₀, σ₀² = per-feature/channel mean and biased variance of that first
+    training batch, σ₀ = sqrt(σ₀² + ε), so the first output is exactly
+    standardized; afterwards a plain learnable affine layer (no statistics).
+    The ``initialized`` buffer travels in the state_dict, so a resumed run never
+    re-initialises.
+    """
+
+    def __init__(self, num_features: int, dim: int, cfg: NormConfig):
+        super().__init__()
+        self.dim = dim
+        self.eps = cfg.eps
+        self.weight = nn.Parameter(torch.ones(_shape(num_features, dim)))  # γ, (1, C) or (1, C, 1, 1)
+        self.bias = nn.Parameter(torch.zeros(_shape(num_features, dim)))  # β
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @torch.no_grad()
+    def _init_from(self, x: torch.Tensor) -> None:
+        dims = _reduce_dims(self.dim)
+        mu = x.mean(dims, keepdim=True)  # (1, C[, 1, 1])
+        sigma = (x.var(dims, unbiased=False, keepdim=True) + self.eps).sqrt()
+        self.weight.copy_(1.0 / sigma)
+        self.bias.copy_(-mu / sigma)
+        self.initialized.fill_(True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and not bool(self.initialized):
+            self._init_from(x)
+        return torch.addcmul(self.bias, self.weight, x)
+
+
+@register("bn_nograd", shift=True)
+class BatchNormNoGrad(_RunningStats):
+    """BN with statistics held constant in backprop: y = γ (x − sg[μ_B]) / sqrt(sg[σ_B²] + ε) + β.
+
+    sg = stop-gradient. The forward equals BN's; the backward is that of the
+    affine map x ↦ γ (x − μ) / σ + β with this batch's μ, σ fixed, so the
+    gradient ignores how the statistics move with the parameters of earlier
+    layers. Ioffe & Szegedy (2015, §2) argue this lets parameters blow up.
+    Running statistics (unbiased variance, momentum ``cfg.momentum``) are
+    kept and used in evaluation, as in BN.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return self._bn(x, training=False)
+        dims = _reduce_dims(self.dim)
+        mu = x.mean(dims).detach()  # (C,)
+        var = x.var(dims, unbiased=False).detach()  # (C,), biased: what BN normalizes with
+        with torch.no_grad():
+            n = x.numel() // x.shape[1]  # values pooled per channel
+            unbiased = var * n / max(n - 1, 1)  # torch's running_var is unbiased
+            self.running_mean.lerp_(mu, self.momentum)
+            self.running_var.lerp_(unbiased, self.momentum)
+        x_hat = (x - _per_channel(mu, x)) * _per_channel((var + self.eps).rsqrt(), x)
+        return torch.addcmul(_per_channel(self.bias, x), _per_channel(self.weight, x), x_hat)
+
+
+@register("bn_frozen", shift=True)
+class BatchNormFrozen(_RunningStats):
+    """BN whose statistics freeze: y = γ (x − μ_B) / sqrt(σ_B² + ε) + β for the first ``freeze_after`` training forwards, then y = γ (x − μ_run) / sqrt(σ²_run + ε) + β.
+
+    After freezing, the running statistics stop updating and are used in
+    training too, so the layer is a fixed affine map of x with learnable γ, β.
+    ``num_batches_tracked`` counts training forwards and is saved with the
+    model, so a resumed run freezes at the same step.
+    """
+
+    def __init__(self, num_features: int, dim: int, cfg: NormConfig):
+        super().__init__(num_features, dim, cfg)
+        self.freeze_after = cfg.freeze_after
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the statistics have stopped updating."""
+        return int(self.num_batches_tracked) >= self.freeze_after
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and not self.frozen:
+            self.num_batches_tracked.add_(1)
+            return self._bn(x, training=True)
+        return self._bn(x, training=False)  # running stats, no update: a fixed affine map
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", freeze_after={self.freeze_after}"
+
+
+@register("noisy_bn", shift=True)
+class NoisyBatchNorm(_RunningStats):
+    """BN plus random per-channel scale and shift in training: y = s_c · (γ x̂ + β) + m_c.
+
+    x̂ = (x − μ_B) / sqrt(σ_B² + ε) (running stats in evaluation), and, redrawn
+    at every training forward, independently per channel c and shared by all
+    examples and positions of the batch:
+    m_c ~ U(−noise_mean_max, noise_mean_max), s_c ~ U(1 − noise_std_max, 1 + noise_std_max).
+
+    After Santurkar et al. (2018, §2.1, "noisy BatchNorm"): noise with
+    time-varying non-zero mean and non-unit variance after BN, so the layer's
+    output distribution shifts at every step although BN standardized it.
+    The paper perturbs each activation of each example; drawing one (s_c, m_c)
+    per channel instead moves the whole channel's distribution (its mean by
+    m_c, its std by s_c), which is the covariate shift under test. Draws use
+    the global torch RNG, so a resumed run (which restores it) is exact.
+    Evaluation: plain BN, no noise.
+    """
+
+    def __init__(self, num_features: int, dim: int, cfg: NormConfig):
+        super().__init__(num_features, dim, cfg)
+        self.noise_mean_max = cfg.noise_mean_max
+        self.noise_std_max = cfg.noise_std_max
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._bn(x, training=self.training)
+        if not self.training:
+            return y
+        c = x.shape[1]
+        u = torch.rand(2, c, device=x.device, dtype=y.dtype)  # U(0, 1), two draws per channel
+        shift = (2 * u[0] - 1) * self.noise_mean_max  # (C,), U(−m, m)
+        scale = 1 + (2 * u[1] - 1) * self.noise_std_max  # (C,), U(1 − s, 1 + s)
+        return torch.addcmul(_per_channel(shift, y), _per_channel(scale, y), y)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", noise_mean_max={self.noise_mean_max}, noise_std_max={self.noise_std_max}"
+
+
+@register("layernorm", shift=True)
+def layernorm(num_features: int, dim: int, cfg: NormConfig) -> nn.Module:
+    """LayerNorm: y = γ_c (x − μ_n) / sqrt(σ_n² + ε) + β_c.
+
+    μ_n, σ_n² per example over all features (dim=1) or over (C, H, W) (dim=2);
+    γ, β per feature/channel. That is GroupNorm with one group, which handles
+    (B, F) and (B, C, H, W) alike.
+    """
+    return nn.GroupNorm(1, num_features, eps=cfg.eps)
+
+
+@register("groupnorm", shift=True)
+def groupnorm(num_features: int, dim: int, cfg: NormConfig) -> nn.Module:
+    """GroupNorm: y = γ_c (x − μ_{n,g}) / sqrt(σ_{n,g}² + ε) + β_c.
+
+    μ, σ² per example and group g of C/G channels (with their H, W); G is the
+    largest divisor of C not above ``cfg.groups``. For dim=1 the features are
+    the channels.
+    """
+    groups = max(g for g in range(1, max(1, min(cfg.groups, num_features)) + 1) if num_features % g == 0)
+    return nn.GroupNorm(groups, num_features, eps=cfg.eps)

@@ -1,0 +1,70 @@
+"""Analysis of results folders, usable from a notebook without Hydra.
+
+    runs = load_runs("results/quickstart")        # one row per run
+    metrics = load_metrics("results/quickstart", runs)  # long table, factors joined
+    summary_table(runs, metrics)                   # per variant: mean ± CI, time to target, ...
+    figures(runs, metrics)                         # {name: matplotlib Figure}
+
+``bnstudy-report DIR`` (:mod:`bnstudy.analysis.report`) writes all of it to disk.
+"""
+from __future__ import annotations
+
+from bnstudy.analysis.aggregate import (
+    DEFAULT_TARGETS,
+    curves,
+    default_target,
+    group_columns,
+    mean_ci,
+    summary_table,
+    t_quantile,
+    time_to_target,
+    varying_factors,
+)
+from bnstudy.analysis.load import FACTORS, find_run_dirs, load_metrics, load_runs, sweep_commands
+
+_PLOTS = {
+    "PALETTE",
+    "accuracy_figure",
+    "color",
+    "curves_figure",
+    "figures",
+    "loss_figure",
+    "probe_figure",
+    "save_figure",
+    "sensitivity_figure",
+}
+
+
+def __getattr__(name: str):
+    # figures import matplotlib lazily, so `bnstudy-runs` (tables only) starts fast
+    if name in _PLOTS:
+        from bnstudy.analysis import plots
+
+        return getattr(plots, name)
+    raise AttributeError(f"module 'bnstudy.analysis' has no attribute '{name}'")
+
+__all__ = [
+    "DEFAULT_TARGETS",
+    "FACTORS",
+    "PALETTE",
+    "accuracy_figure",
+    "color",
+    "curves",
+    "curves_figure",
+    "default_target",
+    "figures",
+    "find_run_dirs",
+    "group_columns",
+    "load_metrics",
+    "load_runs",
+    "loss_figure",
+    "mean_ci",
+    "probe_figure",
+    "save_figure",
+    "sensitivity_figure",
+    "summary_table",
+    "sweep_commands",
+    "t_quantile",
+    "time_to_target",
+    "varying_factors",
+]

@@ -1,0 +1,179 @@
+"""Read results folders into tidy tables: one row per run, and the long metrics log.
+
+A run folder is any folder holding ``summary.json``, at any depth under the
+root. Files that are missing, unreadable or cut short skip that run (or its
+metrics) with a warning; loading never crashes on a bad run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+# The factors of summary.json, in the order tables show them.
+FACTORS = [
+    "data",
+    "model",
+    "norm",
+    "optim",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "sched",
+    "batch_size",
+    "steps",
+    "seed",
+    "depth",
+    "width",
+    "activation",
+    "augment",
+    "study",
+]
+RESULT_COLUMNS = [
+    "status",
+    "step",
+    "params",
+    "seconds",
+    "ms_per_step",
+    "final_test_acc",
+    "final_test_loss",
+    "final_train_loss",
+    "best_test_acc",
+    "diverged_at",
+    "device",
+]
+METRIC_COLUMNS = ["run", "step", "split", "metric", "value", "seconds"]
+
+
+def find_run_dirs(root: str | Path) -> list[Path]:
+    """Every folder under ``root`` (``root`` included) that holds a summary.json, sorted."""
+    root = Path(root)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # skip .hydra/ and friends
+        if "summary.json" in filenames:
+            found.append(Path(dirpath))
+    return sorted(found)
+
+
+def _num(x: Any) -> float:
+    # summaries store non-finite numbers as null; tables want NaN
+    if x is None or isinstance(x, bool):
+        return math.nan
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _run_row(root: Path, run_dir: Path, s: dict[str, Any]) -> dict[str, Any]:
+    final, best = s.get("final") or {}, s.get("best") or {}
+    rel = run_dir.relative_to(root).as_posix()
+    row: dict[str, Any] = {"run": rel if rel != "." else (s.get("run") or run_dir.name), "run_dir": str(run_dir.resolve())}
+    factors = s.get("factors") or {}
+    row.update({k: factors.get(k) for k in FACTORS})
+    row.update({k: v for k, v in factors.items() if k not in FACTORS})
+    row.update(
+        status=s.get("status", "unknown"),
+        step=int(s["step"]) if isinstance(s.get("step"), (int, float)) else None,
+        params=s.get("params"),
+        seconds=_num(s.get("seconds")),
+        ms_per_step=_num(s.get("ms_per_step")),
+        final_test_acc=_num(final.get("test/acc")),
+        final_test_loss=_num(final.get("test/loss")),
+        final_train_loss=_num(final.get("train/loss")),
+        best_test_acc=_num(best.get("test/acc")),
+        diverged_at=s.get("diverged_at"),
+        device=s.get("device"),
+    )
+    return row
+
+
+def load_runs(root: str | Path) -> pd.DataFrame:
+    """One row per run folder under ``root``: run, run_dir, every factor, status and final numbers."""
+    root = Path(root)
+    rows = []
+    for run_dir in find_run_dirs(root):
+        path = run_dir / "summary.json"
+        try:
+            s = json.loads(path.read_text())
+            if not isinstance(s, dict):
+                raise ValueError("not a JSON object")
+            rows.append(_run_row(root, run_dir, s))
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            warnings.warn(f"skipped {run_dir}: unreadable summary.json ({e})", stacklevel=2)
+    columns = ["run", "run_dir", *FACTORS, *RESULT_COLUMNS]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    df = pd.DataFrame(rows)
+    extra = [c for c in df.columns if c not in columns]
+    df = df.reindex(columns=columns + extra)
+    for c in ("step", "params", "diverged_at"):
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
+    return df.reset_index(drop=True)
+
+
+def _read_metrics(path: Path) -> pd.DataFrame:
+    # a run killed mid-write may leave a short last line: drop rows that do not parse
+    df = pd.read_csv(path, on_bad_lines="skip", dtype=str, keep_default_na=False)
+    missing = [c for c in METRIC_COLUMNS[1:] if c not in df.columns]
+    if missing:
+        raise ValueError(f"missing column(s) {', '.join(missing)}")
+    df = df[METRIC_COLUMNS[1:]].copy()
+    for c in ("step", "value", "seconds"):
+        df[c] = pd.to_numeric(df[c], errors="coerce")  # 'nan' and 'inf' parse as floats
+    df = df[df["step"].notna() & (df["split"] != "") & (df["metric"] != "")]
+    df["step"] = df["step"].astype("int64")
+    return df
+
+
+def load_metrics(root: str | Path, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Long table ``run, step, split, metric, value, seconds`` joined with each run's factors and status."""
+    if runs is None:
+        runs = load_runs(root)
+    frames = []
+    for run, run_dir in zip(runs["run"], runs["run_dir"]):
+        path = Path(run_dir) / "metrics.csv"
+        if not path.exists():
+            continue  # a run that has not logged yet
+        try:
+            df = _read_metrics(path)
+        except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            warnings.warn(f"skipped metrics of {run_dir}: unreadable metrics.csv ({e})", stacklevel=2)
+            continue
+        df.insert(0, "run", run)
+        frames.append(df)
+    info = runs.drop(columns=["run_dir"]).drop(columns=[c for c in ("step", "seconds") if c in runs.columns])
+    if not frames:
+        return pd.DataFrame(columns=METRIC_COLUMNS + [c for c in info.columns if c != "run"])
+    long = pd.concat(frames, ignore_index=True)
+    return long.merge(info, on="run", how="left")
+
+
+def sweep_commands(root: str | Path) -> list[str]:
+    """``bnstudy-train -m ...`` commands rebuilt from the multirun.yaml files under ``root``."""
+    import yaml
+
+    cmds = []
+    root = Path(root)
+    paths = [root / "multirun.yaml"] if (root / "multirun.yaml").exists() else sorted(root.glob("*/multirun.yaml"))
+    for path in paths:
+        try:
+            cfg = yaml.safe_load(path.read_text()) or {}
+            task = cfg["hydra"]["overrides"]["task"]
+        except (OSError, KeyError, TypeError, yaml.YAMLError) as e:
+            warnings.warn(f"ignored {path}: {e}", stacklevel=2)
+            continue
+        cmds.append(" ".join(["bnstudy-train", "-m", *(_quote(t) for t in task)]))
+    return cmds
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(str(arg))

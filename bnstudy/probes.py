@@ -1,0 +1,285 @@
+"""Opt-in probes: activation statistics per norm site, and loss-landscape smoothness.
+
+:func:`probe_hook` runs every ``probe.every`` steps (and at the last step) when
+``probe.every > 0``; with ``probe.every == 0`` it is never registered and costs
+nothing. It writes tidy rows with split ``probe`` to ``metrics.csv``.
+
+Activation probe (Ioffe & Szegedy 2015, Fig. 1(b, c)). One forward pass of the
+fixed probe batch, the first ``probe.batch_size`` test examples, in eval mode
+(BN uses its running statistics) under ``torch.inference_mode``. Norm sites are
+those of :func:`bnstudy.norm.norm_modules`, named ``layer1``, ``layer2``, ... in
+forward order. Per site ``layer{i}``:
+
+- ``layer{i}/pre/{mean,std,p15,p50,p85}``: mean, standard deviation and the
+  15/50/85th percentiles over all elements of the norm's input (for conv
+  layers: over batch, channels and spatial positions); ``std`` is the
+  population std (no Bessel correction), as everywhere here.
+- ``layer{i}/pre/ch_absmean``, ``layer{i}/pre/ch_std``: mean over channels of
+  |per-channel mean| and of the per-channel std (per-channel: over batch and
+  spatial positions), i.e. how far features are from being standardized
+  channel by channel.
+- ``layer{i}/post/...``: the same seven for the norm's output.
+- ``layer{i}/sat_frac``: fraction of saturated units in the norm output, which
+  is what enters the activation: ``|x| > 4`` for sigmoid, ``|x| > 2`` for tanh,
+  ``x <= 0`` (zero after the ReLU) for relu.
+- ``layer{i}/gamma/{mean,std}``, ``layer{i}/beta/{mean,std}``: statistics of the
+  module's ``weight`` / ``bias`` parameters, when it has them.
+- ``layer{i}/grad_norm``: L2 norm of the weight gradient of the Linear/Conv
+  layer feeding the norm (the last weighted module called before it), from the
+  last optimizer step; absent when that layer has no gradient.
+
+Landscape probe (Santurkar et al. 2018, §3), when ``probe.landscape`` is true.
+On one fixed training batch (``train.batch_size`` examples drawn from a
+generator seeded by ``seed``, no augmentation), in train mode (BN uses batch
+statistics): the gradient g at the current parameters θ, then for step sizes
+η ∈ {0.25, 0.5, 1, 2, 4} x lr (the current lr, or ``optim.lr`` if it is 0) the
+loss L(θ') and gradient g' at θ' = θ − η g:
+
+- ``landscape/loss_range``: max − min of L(θ') over the step sizes;
+- ``landscape/grad_change``: max ‖g' − g‖ ("gradient predictiveness");
+- ``landscape/beta_smooth``: max ‖g' − g‖ / ‖θ' − θ‖ ("effective β-smoothness").
+
+Neither probe changes anything training depends on: parameters, gradients,
+buffers (BN running statistics, counters), plain numeric module attributes,
+module train/eval flags and the torch/CUDA/Python RNG states are snapshotted
+and restored, so a run with probes logs the same train/test rows as one
+without. The probe batch is forwarded whole, so its activations must fit in
+memory; lower ``probe.batch_size`` for large models.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnstudy.norm import norm_modules
+from bnstudy.train.loop import State
+
+SPLIT = "probe"
+QUANTILES = (0.15, 0.50, 0.85)
+STAT_NAMES = ("mean", "std", "p15", "p50", "p85", "ch_absmean", "ch_std")
+# |x| beyond which a sigmoid/tanh unit counts as saturated (sigmoid'(4) ≈ 0.018, tanh'(2) ≈ 0.07)
+SATURATION = {"sigmoid": 4.0, "tanh": 2.0}
+LANDSCAPE_ETAS = (0.25, 0.5, 1.0, 2.0, 4.0)  # multiples of the learning rate
+
+
+def probe_hook(state: State) -> None:
+    """Write the activation probe (and, if configured, the landscape probe) rows for this step."""
+    model = getattr(state.model, "_orig_mod", state.model)  # probe the eager module, never a compiled graph
+    rows = activation_probe(state, model)
+    if state.cfg.probe.landscape:
+        rows += landscape_probe(state, model)
+    state.log.write(state.step, rows, state.train_seconds)
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def quantiles(flat: torch.Tensor, qs: tuple[float, ...]) -> torch.Tensor:
+    """Linear-interpolated quantiles of a 1-D tensor (as ``torch.quantile``, without its 2**24-element limit)."""
+    s = flat.sort().values
+    pos = torch.tensor(qs, device=s.device, dtype=torch.float64) * (s.numel() - 1)
+    lo, hi = pos.floor().long(), pos.ceil().long()
+    frac = (pos - lo).to(s.dtype)
+    return s[lo] + (s[hi] - s[lo]) * frac
+
+
+def activation_stats(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The :data:`STAT_NAMES` statistics of an activation (B, C) or (B, C, H, W), as 0-dim tensors."""
+    x = x.detach().float()
+    flat = x.reshape(-1)
+    std, mean = torch.std_mean(flat, correction=0)
+    q = quantiles(flat, QUANTILES)
+    per_channel = [0, *range(2, x.dim())]  # reduce over batch and spatial axes, keep channels
+    ch_std, ch_mean = torch.std_mean(x, dim=per_channel, correction=0)
+    return {
+        "mean": mean,
+        "std": std,
+        "p15": q[0],
+        "p50": q[1],
+        "p85": q[2],
+        "ch_absmean": ch_mean.abs().mean(),
+        "ch_std": ch_std.mean(),
+    }
+
+
+def saturated_fraction(x: torch.Tensor, activation: str) -> torch.Tensor | None:
+    """Fraction of pre-activation units where ``activation`` saturates (relu: output zero); None if unknown."""
+    x = x.detach().float()
+    if activation in SATURATION:
+        return (x.abs() > SATURATION[activation]).float().mean()
+    if activation == "relu":
+        return (x <= 0).float().mean()
+    return None
+
+
+# ---------------------------------------------------------------- activation probe
+
+
+def _weighted_modules(model: nn.Module) -> list[nn.Module]:
+    """Modules with their own ``weight`` parameter that are not norm layers nor inside one."""
+    inside_norm: set[int] = set()
+    for _, norm in norm_modules(model):
+        inside_norm.update(id(m) for m in norm.modules())
+    return [
+        m
+        for m in model.modules()
+        if id(m) not in inside_norm and "weight" in dict(m.named_parameters(recurse=False))
+    ]
+
+
+def activation_probe(state: State, model: nn.Module) -> list[tuple[str, str, float]]:
+    """Per-norm-site activation, parameter and gradient rows on the fixed probe batch."""
+    cfg = state.cfg
+    x = state.data.test_x[: cfg.probe.batch_size]  # fixed across steps and runs: (B, C, H, W)
+    act = cfg.model.activation
+    sites = norm_modules(model)
+    stats: dict[int, dict[str, torch.Tensor]] = {}
+    feeder: dict[int, nn.Module] = {}
+    last_weighted: list[nn.Module | None] = [None]
+
+    def record_call(module: nn.Module, args: Any) -> None:
+        last_weighted[0] = module
+
+    def capture(i: int):
+        def fn(module: nn.Module, args: Any, out: torch.Tensor) -> None:
+            # computed right away: an in-place activation (ReLU) overwrites ``out`` next
+            s = {f"pre/{k}": v for k, v in activation_stats(args[0]).items()}
+            s.update({f"post/{k}": v for k, v in activation_stats(out).items()})
+            sat = saturated_fraction(out, act)
+            if sat is not None:
+                s["sat_frac"] = sat
+            stats[i] = s
+            if last_weighted[0] is not None:
+                feeder[i] = last_weighted[0]
+
+        return fn
+
+    handles = [m.register_forward_pre_hook(record_call) for m in _weighted_modules(model)]
+    handles += [m.register_forward_hook(capture(i)) for i, (_, m) in enumerate(sites)]
+    try:
+        with preserved(model, params=False), torch.inference_mode():
+            model.eval()
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+
+    tensors: list[tuple[str, torch.Tensor]] = []
+    for i, (_, m) in enumerate(sites):
+        layer = f"layer{i + 1}"
+        tensors += [(f"{layer}/{k}", v) for k, v in stats.get(i, {}).items()]
+        with torch.no_grad():
+            for pname, label in (("weight", "gamma"), ("bias", "beta")):
+                p = dict(m.named_parameters(recurse=False)).get(pname)
+                if p is not None:
+                    std, mean = torch.std_mean(p.detach().float(), correction=0)
+                    tensors += [(f"{layer}/{label}/mean", mean), (f"{layer}/{label}/std", std)]
+            w = feeder[i].weight if i in feeder else None
+            if w is not None and w.grad is not None:
+                tensors.append((f"{layer}/grad_norm", w.grad.detach().float().norm()))
+    values = torch.stack([v.reshape(()).float() for _, v in tensors]).cpu().tolist() if tensors else []  # one host sync
+    return [(SPLIT, name, v) for (name, _), v in zip(tensors, values)]
+
+
+# ---------------------------------------------------------------- landscape probe
+
+
+def landscape_probe(state: State, model: nn.Module) -> list[tuple[str, str, float]]:
+    """Loss range, gradient change and effective β-smoothness along the gradient at the current parameters."""
+    cfg = state.cfg
+    n = state.data.train_x.shape[0]
+    gen = torch.Generator().manual_seed(cfg.seed)  # the probe's own generator: the global RNG is untouched
+    idx = torch.randperm(n, generator=gen)[: cfg.train.batch_size].to(state.device)
+    x, y = state.data.train_x[idx], state.data.train_y[idx]
+    params = [p for p in model.parameters() if p.requires_grad]
+    lr = state.lr() if state.lr() > 0 else cfg.optim.lr
+
+    with preserved(model) as restore:
+
+        def loss_and_grad() -> tuple[torch.Tensor, torch.Tensor]:
+            restore()  # same buffers, counters, train flags and RNG draws (e.g. noise) at every point
+            if not model.training:
+                model.train()
+            loss = F.cross_entropy(model(x), y)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
+            return loss.detach(), flat.float()
+
+        theta = [p.detach().clone() for p in params]
+        _, g = loss_and_grad()
+        g_parts = torch.split(g, [p.numel() for p in params])
+        losses, changes, betas = [], [], []
+        for mult in LANDSCAPE_ETAS:
+            eta = mult * lr
+            with torch.no_grad():
+                for p, t, gp in zip(params, theta, g_parts):
+                    p.copy_(t - eta * gp.view_as(p).to(p.dtype))
+            loss, g2 = loss_and_grad()
+            change = (g2 - g).norm()
+            losses.append(loss)
+            changes.append(change)
+            betas.append(change / (eta * g.norm()))  # ‖θ' − θ‖ = η‖g‖
+    # ``preserved`` has put back the parameters, grads, buffers, flags and RNG states
+    losses_t, changes_t, betas_t = torch.stack(losses), torch.stack(changes), torch.stack(betas)
+    out = torch.stack([losses_t.max() - losses_t.min(), changes_t.max(), betas_t.max()]).cpu().tolist()
+    return [
+        (SPLIT, "landscape/loss_range", out[0]),
+        (SPLIT, "landscape/grad_change", out[1]),
+        (SPLIT, "landscape/beta_smooth", out[2]),
+    ]
+
+
+# ---------------------------------------------------------------- leaving training untouched
+
+
+@contextlib.contextmanager
+def preserved(model: nn.Module, params: bool = True) -> Iterator[Any]:
+    """Snapshot everything a probe could disturb; restore it on exit. Yields a function that restores it early.
+
+    Covered: parameter values and ``.grad`` (unless ``params`` is false: the
+    caller does not touch them), all buffers (BN running statistics,
+    ``num_batches_tracked``, variant counters), plain int/float/bool module
+    attributes (including each module's ``training`` flag), module-held
+    ``torch.Generator`` states, and the global torch, CUDA and Python RNG states.
+    """
+    plist = list(model.parameters()) if params else []
+    p_data = [p.detach().clone() for p in plist]
+    p_grad = [None if p.grad is None else p.grad.detach().clone() for p in plist]
+    # by (module, name): a variant may reassign a buffer (``self.n = self.n + 1``) rather than update it in place
+    buffers = [(m, k, b, b.detach().clone()) for m in model.modules() for k, b in m.named_buffers(recurse=False)]
+    attrs = [
+        (m, {k: v for k, v in vars(m).items() if isinstance(v, (bool, int, float))}) for m in model.modules()
+    ]
+    gens = [(g, g.get_state()) for m in model.modules() for g in vars(m).values() if isinstance(g, torch.Generator)]
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    py_rng = random.getstate()
+
+    def restore_state() -> None:
+        with torch.no_grad():
+            for m, k, b, v in buffers:
+                b.copy_(v)
+                m._buffers[k] = b
+        for m, a in attrs:
+            for k, v in a.items():
+                setattr(m, k, v)
+        for g, s in gens:
+            g.set_state(s)
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        random.setstate(py_rng)
+
+    try:
+        yield restore_state
+    finally:
+        with torch.no_grad():
+            for p, v, gr in zip(plist, p_data, p_grad):
+                p.copy_(v)
+                p.grad = gr
+        restore_state()

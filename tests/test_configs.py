@@ -1,0 +1,49 @@
+"""Every config in conf/ and experiments/ composes and runs a few steps on synthetic data."""
+from pathlib import Path
+
+import pytest
+
+from bnstudy.cli import run_job
+from bnstudy.runs import read_summary
+
+from .conftest import ROOT, compose
+
+GROUPS = ["data", "model", "norm", "optim", "sched"]
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((ROOT / "conf" / g).glob("*.yaml"))]
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "experiments").glob("*.yaml"))
+SHRINK = ["train.steps=4", "train.eval_every=2", "train.log_every=2", "train.eval_batch_size=64", "train.progress=off"]
+
+
+def run_dirs(out: Path) -> list[Path]:
+    return [p.parent for p in out.glob("**/summary.json")]
+
+
+@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_group_option_runs(group, option, tmp_path, tmp_data):
+    overrides = [f"{group}={option}", f"out_dir={tmp_path}", *SHRINK]
+    if group != "data":
+        overrides.append("data=synthetic")
+    else:
+        overrides += ["data.name=synthetic"]  # the option's other keys still apply
+    if group == "data" and option.startswith("cifar"):
+        overrides += ["data.channels=3", "data.size=32"]
+    cfg = compose(overrides)
+    assert run_job(cfg) == "completed"
+    (run,) = run_dirs(tmp_path)
+    assert read_summary(run)["status"] == "completed"
+    assert {"config.yaml", "metrics.csv", "summary.json"} <= {p.name for p in run.iterdir()}
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_runs(name, tmp_path, tmp_data):
+    lines = (ROOT / "experiments" / f"{name}.yaml").read_text().splitlines()
+    assert lines[0] == "# @package _global_"
+    text = [line for line in lines if line.startswith("#") and not line.startswith("# @")]
+    assert text[0].startswith("# bnstudy-train"), "an experiment's first comment is the command that runs it"
+    assert text[1].startswith("# Hypothesis"), "an experiment's second comment states its hypothesis"
+    cfg = compose([f"experiment={name}"])
+    shape = ["data.channels=3", "data.size=32"] if str(cfg.data.name).startswith("cifar") else []
+    cfg = compose([f"experiment={name}", "data.name=synthetic", *shape, f"out_dir={tmp_path}", *SHRINK])
+    assert cfg.study == name
+    assert run_job(cfg) == "completed"
+    assert len(run_dirs(tmp_path)) == 1

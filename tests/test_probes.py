@@ -1,0 +1,193 @@
+"""Probes: the documented metrics exist and are sane, and probing never changes training."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bnstudy import data as data_lib
+from bnstudy import probes
+from bnstudy.config import RunConfig
+from bnstudy.models import build_model
+from bnstudy.norm import NORMS, norm_modules
+from bnstudy.runs import MetricsLog
+from bnstudy.train import extra_hooks, train_run
+from bnstudy.train.loop import OPTIMIZERS, Batches, State
+
+STATS = [f"{side}/{s}" for side in ("pre", "post") for s in probes.STAT_NAMES]
+LANDSCAPE = ["landscape/loss_range", "landscape/grad_change", "landscape/beta_smooth"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """Nothing written into the project; one thread (tiny tensors, shared CPUs: more threads only contend)."""
+    monkeypatch.setenv("BNSTUDY_DATA_DIR", str(tmp_path / "data"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_cfg(
+    model: str = "mlp", norm: str = "bn", probe_every: int = 20, landscape: bool = False, **norm_kw
+) -> RunConfig:
+    """A run of 40 steps on a tiny synthetic RGB set; augmentation on, so any use of the global RNG shows."""
+    return RunConfig.from_dict(
+        {
+            "data": {"name": "synthetic", "channels": 3, "size": 8, "train_size": 256, "test_size": 96, "augment": True},
+            "model": {"name": model, "depth": 2, "width": 8},
+            "norm": {"name": norm, **norm_kw},
+            "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+            "train": {
+                "steps": 40,
+                "batch_size": 32,
+                "log_every": 20,
+                "eval_every": 20,
+                "checkpoint_every": 20,
+                "eval_batch_size": 96,
+                "progress": "off",
+                "threads": 1,
+            },
+            "probe": {"every": probe_every, "batch_size": 64, "landscape": landscape},
+            "device": "cpu",
+        }
+    )
+
+
+def run(cfg: RunConfig, run_dir: Path) -> pd.DataFrame:
+    """Train ``cfg`` with the hooks it selects; return its metrics.csv."""
+    train_run(cfg, run_dir, extra_hooks=extra_hooks(cfg))
+    return pd.read_csv(run_dir / "metrics.csv")
+
+
+def test_no_hook_when_off():
+    assert extra_hooks(small_cfg(probe_every=0)) == []
+    assert [h.name for h in extra_hooks(small_cfg(probe_every=20))] == ["probe"]
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+@pytest.mark.parametrize("norm", ["bn", "affine", "none"])
+def test_probe_metrics(tmp_path, model, norm):
+    cfg = small_cfg(model, norm, landscape=True)
+    df = run(cfg, tmp_path / "run")
+    probe = df[df.split == "probe"]
+    assert sorted(probe.step.unique()) == [20, 40]
+    assert probe.value.map(math.isfinite).all()
+    n_layers = cfg.model.depth
+    for step in (20, 40):
+        at = probe[probe.step == step].set_index("metric").value
+        expected = [f"layer{i}/{m}" for i in range(1, n_layers + 1) for m in [*STATS, "sat_frac", "grad_norm"]]
+        expected += LANDSCAPE
+        if norm != "none":
+            expected += [f"layer{i}/{p}/{s}" for i in range(1, n_layers + 1) for p in ("gamma", "beta") for s in ("mean", "std")]
+        assert sorted(at.index) == sorted(expected)
+        assert not any(m.startswith(f"layer{n_layers + 1}/") for m in at.index)
+        for i in range(1, n_layers + 1):
+            for side in ("pre", "post"):
+                p15, p50, p85 = (at[f"layer{i}/{side}/p{q}"] for q in (15, 50, 85))
+                assert p15 <= p50 <= p85
+                assert at[f"layer{i}/{side}/std"] > 0
+            assert 0 <= at[f"layer{i}/sat_frac"] <= 1
+            assert at[f"layer{i}/grad_norm"] > 0
+            if norm == "none":  # y = x: the two sides are the same tensor
+                for s in probes.STAT_NAMES:
+                    assert at[f"layer{i}/pre/{s}"] == at[f"layer{i}/post/{s}"]
+        assert at["landscape/loss_range"] >= 0
+        assert at["landscape/beta_smooth"] > 0
+
+
+@pytest.mark.parametrize("landscape", [False, True])
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_probes_do_not_change_training(tmp_path, model, landscape):
+    off = run(small_cfg(model, probe_every=0), tmp_path / "off")
+    on = run(small_cfg(model, probe_every=20, landscape=landscape), tmp_path / "on")
+    assert (off.split == "probe").sum() == 0 and (on.split == "probe").sum() > 0
+    cols = ["step", "split", "metric", "value"]
+    a = off[cols].reset_index(drop=True)
+    b = on[on.split != "probe"][cols].reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+@pytest.mark.parametrize("norm", sorted(NORMS))
+def test_probes_do_not_change_training_any_norm(tmp_path, norm):
+    # freeze_after=15: bn_frozen's step counter decides mid-run, so a probe advancing it would show
+    off = run(small_cfg("mlp", norm, probe_every=0, freeze_after=15), tmp_path / "off")
+    on = run(small_cfg("mlp", norm, probe_every=10, landscape=True, freeze_after=15), tmp_path / "on")
+    cols = ["step", "split", "metric", "value"]
+    pd.testing.assert_frame_equal(
+        off[cols].reset_index(drop=True), on[on.split != "probe"][cols].reset_index(drop=True), check_exact=True
+    )
+
+
+def one_step_state(tmp_path: Path, cfg: RunConfig) -> State:
+    """A State after one real SGD step, so gradients exist as they do at hook time."""
+    torch.manual_seed(cfg.seed)
+    data = data_lib.load(cfg.data)
+    model = build_model(cfg.model, cfg.norm, data.shape, data.num_classes)
+    opt = OPTIMIZERS[cfg.optim.name](model.parameters(), cfg.optim)
+    batches = Batches(data.train_x.shape[0], cfg.train.batch_size, cfg.seed, torch.device("cpu"))
+    idx = batches.next()
+    model.train()
+    loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    log = MetricsLog(tmp_path / "metrics.csv")
+    return State(cfg, tmp_path, torch.device("cpu"), data, model, opt, None, batches, log, step=1)
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_probe_leaves_state_untouched(tmp_path, model):
+    state = one_step_state(tmp_path, small_cfg(model, "bn", landscape=True))
+    m = state.model
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    grads = [p.grad.clone() for p in m.parameters()]
+    rng = torch.get_rng_state()
+    probes.probe_hook(state)
+    state.log.close()
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(mod.training for mod in m.modules())
+    after = m.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # incl. running stats, num_batches_tracked
+    assert all(torch.equal(g, p.grad) for g, p in zip(grads, m.parameters()))
+    assert all(not mod._forward_hooks and not mod._forward_pre_hooks for mod in m.modules())
+    rows = pd.read_csv(tmp_path / "metrics.csv")
+    assert set(rows.split) == {"probe"} and (rows.step == 1).all()
+
+
+def test_probe_batch_is_fixed(tmp_path):
+    cfg = small_cfg("mlp", "bn")
+    state = one_step_state(tmp_path, cfg)
+    first = probes.activation_probe(state, state.model)
+    assert first == probes.activation_probe(state, state.model)
+    assert len(norm_modules(state.model)) == cfg.model.depth
+    state.log.close()
+
+
+@pytest.mark.parametrize(
+    "act, x, frac",
+    [
+        ("sigmoid", [-5.0, -3.0, 0.0, 4.5], 0.5),
+        ("tanh", [-2.5, -1.0, 1.0, 3.0], 0.5),
+        ("relu", [-1.0, 0.0, 0.5, 2.0], 0.5),
+    ],
+)
+def test_saturated_fraction(act, x, frac):
+    assert float(probes.saturated_fraction(torch.tensor(x), act)) == frac
+
+
+def test_activation_stats_definition():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 3, 5, 5, generator=g) * torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1) + 1.5
+    s = probes.activation_stats(x)
+    ref = torch.quantile(x.reshape(-1), torch.tensor([0.15, 0.5, 0.85]))
+    torch.testing.assert_close(torch.stack([s["p15"], s["p50"], s["p85"]]), ref)
+    torch.testing.assert_close(s["mean"], x.mean())
+    torch.testing.assert_close(s["std"], x.std(correction=0))
+    ch = x.transpose(0, 1).reshape(3, -1)  # (C, B*H*W)
+    torch.testing.assert_close(s["ch_absmean"], ch.mean(1).abs().mean())
+    torch.testing.assert_close(s["ch_std"], ch.std(1, correction=0).mean())
