@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import math
 import os
@@ -58,10 +59,10 @@ class Case:
 
 # Conv nets on 2 shared CPU cores take 0.1-2 s a step, hence their small step counts.
 CASES: dict[str, Case] = {
-    "mlp": Case("mnist", 60, 2000, 200),
-    "cnn": Case("fashion_mnist", 128, 40, 4),
-    "vgg": Case("cifar10_jpeg", 128, 12, 2),
-    "resnet": Case("cifar10_jpeg", 128, 6, 1),
+    "mlp": Case("mnist", 60, 1000, 150),
+    "cnn": Case("fashion_mnist", 128, 20, 3),
+    "vgg": Case("cifar10_jpeg", 128, 6, 2),
+    "resnet": Case("cifar10_jpeg", 128, 3, 1),
 }
 QUICK_MODELS = ("mlp", "cnn")
 SYNTHETIC_TRAIN_SIZE = 4096
@@ -131,16 +132,24 @@ class Options:
     models: list[str] = field(default_factory=lambda: list(CASES))
     norms: list[str] = field(default_factory=lambda: ["bn", "affine", "none"])
     steps: int | None = None
-    repeats: int = 5
+    repeats: int = 3
     data: str = "auto"
     device: str = "cpu"
     out: Path = Path("results/bench")
+    threads: int = 0  # 0: torch.get_num_threads()
     skip: set[str] = field(default_factory=set)
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def _load_avg() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
 
 
 def _log(msg: str) -> None:
@@ -163,6 +172,13 @@ def compose(overrides: list[str]) -> RunConfig:
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain.pop("hydra", None)  # type: ignore[union-attr]
     return RunConfig.from_dict(plain)  # type: ignore[arg-type]
+
+
+def with_steps(cfg: RunConfig, steps: int) -> RunConfig:
+    """A copy of ``cfg`` that trains ``steps`` steps and evaluates only at the last."""
+    out = copy.deepcopy(cfg)
+    out.train.steps = out.train.eval_every = steps
+    return out
 
 
 def data_overrides(name: str, kind: str) -> list[str]:
@@ -319,8 +335,10 @@ def conventional_dataset(cfg: RunConfig, kind: str, data: data_lib.Data) -> tupl
     norm = T.Normalize(mean, std)
     name, root = cfg.data.name, data_lib.data_dir()
     if kind == "synthetic":
-        tx, ty, _, _ = data_lib.load_raw(cfg.data)
-        return UInt8Images(tx, ty, T.Compose([T.ConvertImageDtype(torch.float32), norm])), "uint8 tensors, per-item transform"
+        # back to the uint8 pixels load_raw made (exact: they were k/255, then standardised)
+        c = (1, -1, 1, 1)
+        tx = (data.train_x.cpu() * data.std.view(c) + data.mean.view(c)).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+        return UInt8Images(tx, data.train_y.cpu(), T.Compose([T.ConvertImageDtype(torch.float32), norm])), "uint8 tensors, per-item transform"
     pil = T.Compose([T.ToTensor(), norm])
     if name in ("mnist", "fashion_mnist"):
         cls = torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST
@@ -372,8 +390,8 @@ def bench_contenders(opts: Options, tmp: Path, device: torch.device, threads: in
             ]
             cfgs = {}
             for norm in opts.norms:
-                for n_steps, tag in ((steps, "run"), (warm, "warm")):
-                    cfgs[norm, tag] = compose(common + [f"norm={norm}", f"train.steps={n_steps}", f"train.eval_every={n_steps}"])
+                cfgs[norm, "run"] = compose(common + [f"norm={norm}", f"train.steps={steps}", f"train.eval_every={steps}"])
+                cfgs[norm, "warm"] = with_steps(cfgs[norm, "run"], warm)
             data = data_lib.load(cfgs[opts.norms[0], "run"].data, device)
             conv_ds, conv_note = (None, "") if "c" in opts.skip else conventional_dataset(cfgs[opts.norms[0], "run"], kind, data)
             if conv_ds is None and conv_note:
@@ -424,8 +442,8 @@ def bench_contenders(opts: Options, tmp: Path, device: torch.device, threads: in
 def bench_eval(opts: Options, tmp: Path, device: torch.device, threads: int) -> list[Check]:
     """(d) eval hook time over training time for the default config (mlp on mnist, eval_every=500)."""
     kind, _ = data_kind("mnist", opts.data, device)
-    # the ratio depends on the interval, not the budget: 1000 steps hold 2 evaluations as 5000 hold 10
-    steps = 1000 if opts.quick else 5000
+    # the ratio depends on the interval, not the budget: 500 steps hold 1 evaluation as 5000 hold 10
+    steps = 500 if opts.quick else 5000
     cfg = compose(data_overrides("mnist", kind) + [f"train.steps={steps}", "train.progress=off", f"train.threads={threads}", f"device={device.type}"])
     from bnstudy.train import train_run
 
@@ -436,7 +454,7 @@ def bench_eval(opts: Options, tmp: Path, device: torch.device, threads: int) -> 
     ratio = spent["eval_hook"] / s["seconds"]
     note = (
         f"mlp/{'mnist' if kind == 'real' else 'synthetic'} bn, {steps} steps, eval_every={cfg.train.eval_every}: "
-        f"{n_eval} evals {spent['eval_hook']:.2f} s ({1000 * spent['eval_hook'] / n_eval:.0f} ms each) vs training {s['seconds']:.2f} s; "
+        f"{n_eval} eval(s) {spent['eval_hook']:.2f} s ({1000 * spent['eval_hook'] / n_eval:.0f} ms each) vs training {s['seconds']:.2f} s; "
         f"all hooks {s['hook_seconds']:.2f} s"
     )
     return [Check("eval / train", ratio, note)]
@@ -497,30 +515,47 @@ def _train_cmd() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "bnstudy.cli"]
 
 
-def bench_sweep(opts: Options, tmp: Path) -> list[Check]:
-    """(f) (wall - training seconds) / jobs of a 3-job basic-launcher sweep, and of its all-skipped rerun."""
-    out = tmp / "f-sweep"
-    cmd = _train_cmd() + ["-m", "data=synthetic", "train.steps=1", "train.progress=off", "norm=bn,affine,none", f"out_dir={out}"]
+def _sweep(tmp: Path, name: str, seeds: str) -> tuple[float, float, int] | str:
+    """(wall seconds, summed training seconds, jobs) of one ``bnstudy-train -m`` call, or its error line."""
+    out = tmp / name
+    cmd = _train_cmd() + [
+        "-m", "data=synthetic", "train.steps=1", "train.progress=off", "norm=bn,affine,none", f"seed={seeds}", f"out_dir={out}",
+    ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    walls = []
-    for _ in range(2):  # the second invocation finds every run completed: the skip path
-        t0 = time.perf_counter()
-        p = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
-        walls.append(time.perf_counter() - t0)
-        if p.returncode != 0:
-            last = (p.stderr.strip().splitlines() or ["failed"])[-1]
-            return [Check("sweep overhead s/job", None, f"bnstudy-train failed: {last[:160]}")]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        return (p.stderr.strip().splitlines() or ["failed"])[-1][:160]
     summaries = [json.loads(f.read_text()) for f in out.glob("**/summary.json")]
-    jobs = len(summaries) or 3
-    train_s = sum(s["seconds"] for s in summaries)
-    return [
+    return wall, sum(s["seconds"] for s in summaries), len(summaries)
+
+
+def bench_sweep(opts: Options, tmp: Path) -> list[Check]:
+    """(f) (wall - training seconds) / jobs of a 3-job basic-launcher sweep; in full mode also its
+    all-skipped rerun and the marginal cost of 3 more jobs (process start left out)."""
+    first = _sweep(tmp, "f-sweep", "0")
+    if isinstance(first, str):
+        return [Check("sweep overhead s/job", None, f"bnstudy-train failed: {first}")]
+    wall, train_s, jobs = first
+    checks = [
         Check(
             "sweep overhead s/job",
-            (walls[0] - train_s) / jobs,
-            f"{jobs} jobs, wall {walls[0]:.2f} s, training {train_s:.3f} s (process start included)",
-        ),
-        Check("sweep skip path s/job", walls[1] / jobs, f"rerun, all {jobs} skipped, wall {walls[1]:.2f} s"),
+            (wall - train_s) / jobs,
+            f"{jobs} jobs of 1 step, wall {wall:.2f} s, training {train_s:.3f} s; includes process start "
+            "(import torch, and torch.optim's first use imports torch._dynamo)",
+        )
     ]
+    if opts.quick:
+        return checks
+    rerun = _sweep(tmp, "f-sweep", "0")  # every run already completed: the skip path
+    if not isinstance(rerun, str):
+        checks.append(Check("sweep skip path s/job", rerun[0] / jobs, f"rerun with all {jobs} done, wall {rerun[0]:.2f} s"))
+    six = _sweep(tmp, "f-sweep6", "0,1")
+    if not isinstance(six, str) and six[2] > jobs:
+        marginal = ((six[0] - six[1]) - (wall - train_s)) / (six[2] - jobs)
+        checks.append(Check("sweep marginal s/job", marginal, f"{six[2]} vs {jobs} jobs: wall {six[0]:.2f} vs {wall:.2f} s"))
+    return checks
 
 
 # ---------------------------------------------------------------- output
@@ -612,9 +647,10 @@ def parse(argv: list[str] | None = None) -> Options:
     p.add_argument("--models", help=f"comma-separated, of: {','.join(CASES)} (default: all; --quick: {','.join(QUICK_MODELS)})")
     p.add_argument("--norms", default="bn,affine,none", help="comma-separated norm variants (default: bn,affine,none)")
     p.add_argument("--steps", type=int, help="optimizer steps per measured run, for every model (default: per model)")
-    p.add_argument("--repeats", type=int, help="round-robin repeats; medians are reported (default 5, --quick 3)")
+    p.add_argument("--repeats", type=int, help="round-robin repeats; medians are reported (default 3)")
     p.add_argument("--data", choices=["auto", "synthetic"], default="auto", help="auto: real data where it loads, else synthetic")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads for every contender (default: torch.get_num_threads())")
     p.add_argument("--skip", default="", help="comma-separated parts to leave out: c, d, e, f")
     p.add_argument("--out", default="results/bench", help="folder for bench.csv, checks.csv and bench.png")
     a = p.parse_args(argv)
@@ -632,10 +668,11 @@ def parse(argv: list[str] | None = None) -> Options:
         models=models,
         norms=[n for n in a.norms.split(",") if n],
         steps=a.steps,
-        repeats=a.repeats or (3 if a.quick else 5),
+        repeats=a.repeats or 3,
         data=a.data,
         device=a.device,
         out=Path(a.out),
+        threads=a.threads,
         skip=skip,
     )
 
@@ -645,7 +682,10 @@ def run(opts: Options) -> tuple[list[dict[str, Any]], list[Check]]:
     from bnstudy.train import resolve_device
 
     device = resolve_device(opts.device)
+    if opts.threads > 0:
+        torch.set_num_threads(opts.threads)
     threads = torch.get_num_threads()
+    load_before = _load_avg()
     opts.out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     checks: list[Check] = []
@@ -665,7 +705,14 @@ def run(opts: Options) -> tuple[list[dict[str, Any]], list[Check]]:
     write_csv(rows, checks, opts.out)
     plot(rows, opts.out / "bench.png")
 
-    print(f"bnstudy-bench: device {device}, {threads} torch threads, repeats {opts.repeats}{', quick' if opts.quick else ''}")
+    load_after, cores = _load_avg(), os.cpu_count() or 1
+    print(
+        f"bnstudy-bench: device {device}, {threads} torch threads, {cores} cores, repeats {opts.repeats}"
+        f"{', quick' if opts.quick else ''}; load average {load_before:.1f} before, {load_after:.1f} after"
+    )
+    if max(load_before, load_after) > cores and threads > 1:
+        # intra-op threads wait at a barrier for one another; a descheduled one stalls every op
+        print(f"  warning: the load exceeds the {cores} cores: multi-threaded timings are erratic here; --threads 1 is steadier")
     print_table(rows)
     for n in notes:
         print(f"  note: {n}")

@@ -1,8 +1,10 @@
 """Command-line entry points: ``bnstudy-train`` (Hydra app), ``bnstudy-runs`` and ``bnstudy-report``."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import sys
 import uuid
 from pathlib import Path
@@ -17,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from bnstudy.config import RunConfig, run_name
 from bnstudy.errors import BnstudyError
 from bnstudy.runs import DONE, RunLock, read_summary
+from bnstudy.train.loop import validate
 
 log = logging.getLogger("bnstudy")
 
@@ -82,6 +85,7 @@ def run_job(cfg: DictConfig) -> str:
     if prev and prev.get("status") in DONE and not rcfg.force:
         log.info("skipped %s: already %s at step %s (+force=true retrains)", run_dir, prev["status"], prev.get("step"))
         return prev["status"]
+    validate(rcfg)  # before the lock and any file of ours: bad input leaves nothing behind
     if rcfg.train.threads == 0:
         rcfg.train.threads = _threads_for_launcher()
     lock = RunLock(run_dir)
@@ -104,6 +108,16 @@ def run_job(cfg: DictConfig) -> str:
     return result["status"]
 
 
+def _remove_if_empty(run_dir: Path) -> None:
+    """Remove a run folder that holds only what Hydra and the lock put there (bad input, nothing trained)."""
+    if not run_dir.is_dir() or (run_dir / "summary.json").exists():
+        return
+    if {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log", ".lock"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            run_dir.parent.rmdir()  # only if no other seed lives there
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> str:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -111,6 +125,7 @@ def _hydra_main(cfg: DictConfig) -> str:
     try:
         return run_job(cfg)
     except BnstudyError as e:
+        _remove_if_empty(Path(HydraConfig.get().runtime.output_dir))
         if full_error:
             raise
         print(f"error: {e}", file=sys.stderr)

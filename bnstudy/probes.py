@@ -24,6 +24,9 @@ forward order. Per site ``layer{i}``:
   ``x <= 0`` (zero after the ReLU) for relu.
 - ``layer{i}/gamma/{mean,std}``, ``layer{i}/beta/{mean,std}``: statistics of the
   module's ``weight`` / ``bias`` parameters, when it has them.
+- ``pool{j}/{mean,std,p15,p50,p85,ch_absmean,ch_std}``: the same statistics
+  of the output of the j-th max-pooling layer (CNN, VGG), i.e. what the next
+  conv and its norm receive after pooling shifted the features.
 - ``layer{i}/grad_norm``: L2 norm of the weight gradient of the Linear/Conv
   layer feeding the norm (the last weighted module called before it), from the
   last optimizer step; absent when that layer has no gradient.
@@ -159,8 +162,18 @@ def activation_probe(state: State, model: nn.Module) -> list[tuple[str, str, flo
 
         return fn
 
+    pools = [m for m in model.modules() if isinstance(m, nn.MaxPool2d)]
+    pooled: dict[int, dict[str, torch.Tensor]] = {}
+
+    def capture_pool(j: int):
+        def fn(module: nn.Module, args: Any, out: torch.Tensor) -> None:
+            pooled[j] = activation_stats(out)
+
+        return fn
+
     handles = [m.register_forward_pre_hook(record_call) for m in _weighted_modules(model)]
     handles += [m.register_forward_hook(capture(i)) for i, (_, m) in enumerate(sites)]
+    handles += [m.register_forward_hook(capture_pool(j)) for j, m in enumerate(pools)]
     try:
         with preserved(model, params=False), torch.inference_mode():
             model.eval()
@@ -170,6 +183,8 @@ def activation_probe(state: State, model: nn.Module) -> list[tuple[str, str, flo
             h.remove()
 
     tensors: list[tuple[str, torch.Tensor]] = []
+    for j, s in sorted(pooled.items()):
+        tensors += [(f"pool{j + 1}/{k}", v) for k, v in s.items()]
     for i, (_, m) in enumerate(sites):
         layer = f"layer{i + 1}"
         tensors += [(f"{layer}/{k}", v) for k, v in stats.get(i, {}).items()]
