@@ -6,7 +6,10 @@ STAMP := $(VENV)/.installed
 MIRROR_DEFAULT := $(abspath ../shared/datasets)
 export BNSTUDY_DATA_MIRROR ?= $(if $(wildcard $(MIRROR_DEFAULT)/README.md),$(MIRROR_DEFAULT),)
 
-.PHONY: venv run test test-fast bench report clean
+.PHONY: venv run test test-fast bench studies clean
+
+STUDIES := ioffe_mnist lr_sensitivity depth fashion_cnn maxpool_shift cifar_vgg
+JOBS ?= 2
 
 venv: $(STAMP)
 
@@ -19,6 +22,14 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/bnstudy-train -m experiment=quickstart
 	$(BIN)/bnstudy-report results/quickstart
+	@echo "report: results/quickstart/report.md"
+
+# every study in experiments/, JOBS at a time; resumable: run it again to continue
+studies: $(STAMP)
+	for s in $(STUDIES); do \
+	  $(BIN)/bnstudy-train -m experiment=$$s hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) || exit 1; \
+	  $(BIN)/bnstudy-report results/$$s; \
+	done
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

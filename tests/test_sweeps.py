@@ -118,19 +118,30 @@ def test_a_failing_job_is_isolated(tmp_path, tmp_data):
     assert "1 run(s) failed" in r.stderr and str(boom) in r.stderr
 
 
-@pytest.mark.parametrize(
-    "override,message",
-    [
-        ("optim.lr=0", "optim.lr must be > 0"),
-        ("optim.lr=-0.1", "optim.lr must be > 0"),
-        ("train.steps=0", "train.steps must be > 0"),
-        ("train.batch_size=0", "train.batch_size must be > 0"),
-        ("train.batch_size=4096", "larger than the 2048 training examples"),
-        ("model.depth=0", "model.depth must be >= 1"),
-        ("model.activation=gelu", "unknown model.activation 'gelu'"),
-        ("device=tpu", "unknown device 'tpu'"),
-    ],
-)
+BAD = [
+    ("optim.lr=0", "optim.lr must be > 0"),
+    ("optim.lr=-0.1", "optim.lr must be > 0"),
+    ("train.steps=0", "train.steps must be > 0"),
+    ("train.batch_size=0", "train.batch_size must be > 0"),
+    ("train.batch_size=4096", "larger than the 2048 training examples"),
+    ("model.depth=0", "model.depth must be >= 1"),
+    ("model.activation=gelu", "unknown model.activation 'gelu'"),
+    ("device=tpu", "unknown device 'tpu'"),
+]
+
+
+@pytest.mark.parametrize("override,message", BAD)
+def test_bad_input_is_rejected_before_anything_is_written(override, message, tmp_path, tmp_data):
+    from bnstudy.cli import run_job
+    from bnstudy.errors import ConfigError
+
+    cfg = compose([*FAST, override, f"out_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        run_job(cfg)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("override,message", [BAD[0], BAD[6]])
 def test_bad_input_is_one_clear_line(override, message, tmp_path, tmp_data):
     r = cli([*FAST, override, f"out_dir={tmp_path / 'out'}"], cwd=tmp_path)
     assert r.returncode == 2

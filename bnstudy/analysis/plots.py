@@ -140,7 +140,7 @@ def curves_figure(
         ax.set_title(_title(cols, combo), fontsize=10)
         ax.grid(alpha=0.3, which="both" if logy else "major")
     _legend(fig, norms)
-    fig.suptitle(f"{ylabel or split + ' ' + metric} vs {x} (mean over seeds, band: 95% CI)", fontsize=11)
+    fig.suptitle(f"{split} {metric} vs {x}\n(mean over seeds, band: 95% CI)", fontsize=11)
     return fig
 
 

@@ -82,7 +82,7 @@ def _study_section(root: Path, runs: pd.DataFrame, target: float | None) -> list
     fixed = [f for f in FACTORS if f in runs.columns and f not in swept and f != "seed" and runs[f].notna().any()]
     counts = runs["status"].value_counts().to_dict()
     cmds = sweep_commands(root)
-    lines = ["## Study", "", f"- results folder: `{root.resolve()}`"]
+    lines = ["## Study", "", f"- results folder: `{_shown(root)}`"]
     if cmds:
         lines += [f"- command: `{c}`" for c in cmds]
     else:
@@ -170,6 +170,14 @@ def build_report(root: str | Path, out: str | Path | None = None, target: float 
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when inside it (reports are committed), else absolute."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path.resolve())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -175,6 +175,7 @@ class State:
     last_eval: dict[str, float] = field(default_factory=dict)
     best_acc: float = float("nan")
     extra: dict[str, Any] = field(default_factory=dict)  # hook-owned state, checkpointed
+    summarize: Callable[[str], dict[str, Any]] | None = None  # status -> summary.json content (not checkpointed)
 
     def lr(self) -> float:
         """Current learning rate of the first parameter group."""
@@ -243,8 +244,10 @@ def eval_hook(state: State) -> None:
 
 
 def checkpoint_hook(state: State) -> None:
-    """Everything needed to continue bit-for-bit, written atomically."""
+    """Everything needed to continue bit-for-bit, written atomically; the summary shows the progress."""
     save_checkpoint(state)
+    if state.summarize is not None:
+        write_json(state.run_dir / "summary.json", state.summarize("running"))
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -398,7 +401,8 @@ def train_run(
     prev = read_summary(run_dir) if resume else None
     started = prev.get("started", time.time()) if prev else time.time()
     ids = {"sweep_id": sweep_id} if sweep_id else {}
-    write_json(run_dir / "summary.json", summary(state, "running", params, started, **ids))
+    state.summarize = lambda status: summary(state, status, params, started, **ids)
+    write_json(run_dir / "summary.json", state.summarize("running"))
 
     if cfg.train.compile:
         t0 = time.perf_counter()
