@@ -83,7 +83,7 @@ def run_job(cfg: DictConfig) -> str:
     run_dir = Path(rcfg.out_dir) / run_name(plain)  # type: ignore[arg-type]
     prev = read_summary(run_dir)
     if prev and prev.get("status") in DONE and not rcfg.force:
-        log.info("skipped %s: already %s at step %s (+force=true retrains)", run_dir, prev["status"], prev.get("step"))
+        log.info("skipped %s: already %s at step %s (force=true retrains)", run_dir, prev["status"], prev.get("step"))
         return prev["status"]
     validate(rcfg)  # before the lock and any file of ours: bad input leaves nothing behind
     if rcfg.train.threads == 0:

@@ -47,3 +47,20 @@ def test_experiment_runs(name, tmp_path, tmp_data):
     assert cfg.study == name
     assert run_job(cfg) == "completed"
     assert len(run_dirs(tmp_path)) == 1
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_swept_values_reach_the_run(name):
+    """A value swept by an experiment must not be overwritten by the experiment's own settings."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    doc = yaml.safe_load((ROOT / "experiments" / f"{name}.yaml").read_text())
+    params = (doc.get("hydra") or {}).get("sweeper", {}).get("params", {})
+    for key, values in params.items():
+        last = str(values).split(",")[-1].strip()
+        cfg = compose([f"experiment={name}", f"{key}={last}"])
+        if key in GROUPS:
+            assert cfg[key].name == last, f"{name}: {key}={last} is overridden by the experiment"
+        else:
+            assert str(OmegaConf.select(cfg, key)) == str(yaml.safe_load(last)), f"{name}: {key}={last} lost"

@@ -82,6 +82,9 @@ def test_probe_metrics(tmp_path, model, norm):
         at = probe[probe.step == step].set_index("metric").value
         expected = [f"layer{i}/{m}" for i in range(1, n_layers + 1) for m in [*STATS, "sat_frac", "grad_norm"]]
         expected += LANDSCAPE
+        if model == "cnn":  # one 2x2 max-pool between its two stages
+            expected += [f"pool1/{s}" for s in probes.STAT_NAMES]
+            assert at["pool1/p15"] >= 0  # max over post-activation (sigmoid) values
         if norm != "none":
             expected += [f"layer{i}/{p}/{s}" for i in range(1, n_layers + 1) for p in ("gamma", "beta") for s in ("mean", "std")]
         assert sorted(at.index) == sorted(expected)
