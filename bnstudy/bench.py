@@ -17,7 +17,6 @@ Example: ``bnstudy-bench --quick`` (under a minute) or ``bnstudy-bench --models 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import math
@@ -30,7 +29,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -175,9 +174,9 @@ def compose(overrides: list[str]) -> RunConfig:
 
 
 def with_steps(cfg: RunConfig, steps: int) -> RunConfig:
-    """A copy of ``cfg`` that trains ``steps`` steps and evaluates only at the last."""
+    """A copy of ``cfg`` that trains ``steps`` steps without evaluating."""
     out = copy.deepcopy(cfg)
-    out.train.steps = out.train.eval_every = steps
+    out.train.steps, out.train.eval_every = steps, 0
     return out
 
 
@@ -206,43 +205,6 @@ def data_kind(name: str, forced: str, device: torch.device) -> tuple[str, str]:
     return "real", ""
 
 
-# ---------------------------------------------------------------- hook clock
-
-
-@contextlib.contextmanager
-def hook_clock(skip: tuple[str, ...] = ()) -> Iterator[dict[str, float]]:
-    """Seconds spent in each of the training loop's hook functions; ``skip`` ones become no-ops.
-
-    train_run builds its hook list from these module-level names at call time, so
-    swapping them is how a caller sees (or drops) one hook's cost without
-    touching the loop.
-    """
-    from bnstudy.train import loop
-
-    names = ("log_hook", "eval_hook", "checkpoint_hook")
-    saved = {n: getattr(loop, n) for n in names}
-    spent = {n: 0.0 for n in names}
-
-    def timed(name: str, fn: Callable) -> Callable:
-        def run(state: Any) -> None:
-            t0 = time.perf_counter()
-            try:
-                if name not in skip:
-                    fn(state)
-            finally:
-                spent[name] += time.perf_counter() - t0
-
-        return run
-
-    for n, fn in saved.items():
-        setattr(loop, n, timed(n, fn))
-    try:
-        yield spent
-    finally:
-        for n, fn in saved.items():
-            setattr(loop, n, fn)
-
-
 # ---------------------------------------------------------------- contenders
 
 
@@ -250,13 +212,12 @@ def run_bnstudy(cfg: RunConfig, run_dir: Path) -> Timing:
     """(a) train_run; time = its training seconds plus its log hooks (final eval and checkpoint left out)."""
     from bnstudy.train import train_run
 
-    # eval_every = steps leaves one evaluation, at the last step: skipped here, it is (d)'s business
-    with hook_clock(skip=("eval_hook",)) as spent:
-        s = train_run(cfg, run_dir)
+    # evaluation is (d)'s business: the config given here has train.eval_every=0
+    s = train_run(cfg, run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
     if s["status"] != "completed":
         _log(f"warning: bnstudy run ended {s['status']} at step {s['step']}")
-    seconds = s["seconds"] + s["hook_seconds"] - spent["eval_hook"] - spent["checkpoint_hook"]
+    seconds = s["seconds"] + s["hook_times"].get("log", 0.0)
     return Timing(s["step"] * cfg.train.batch_size, s["step"], seconds)
 
 
@@ -390,7 +351,7 @@ def bench_contenders(opts: Options, tmp: Path, device: torch.device, threads: in
             ]
             cfgs = {}
             for norm in opts.norms:
-                cfgs[norm, "run"] = compose(common + [f"norm={norm}", f"train.steps={steps}", f"train.eval_every={steps}"])
+                cfgs[norm, "run"] = compose(common + [f"norm={norm}", f"train.steps={steps}", "train.eval_every=0"])
                 cfgs[norm, "warm"] = with_steps(cfgs[norm, "run"], warm)
             data = data_lib.load(cfgs[opts.norms[0], "run"].data, device)
             conv_ds, conv_note = (None, "") if "c" in opts.skip else conventional_dataset(cfgs[opts.norms[0], "run"], kind, data)
@@ -447,8 +408,8 @@ def bench_eval(opts: Options, tmp: Path, device: torch.device, threads: int) -> 
     cfg = compose(data_overrides("mnist", kind) + [f"train.steps={steps}", "train.progress=off", f"train.threads={threads}", f"device={device.type}"])
     from bnstudy.train import train_run
 
-    with hook_clock() as spent:
-        s = train_run(cfg, tmp / "d-eval")
+    s = train_run(cfg, tmp / "d-eval")
+    spent = {"eval_hook": s["hook_times"].get("eval", 0.0)}
     shutil.rmtree(tmp / "d-eval", ignore_errors=True)
     n_eval = len(range(cfg.train.eval_every, steps + 1, cfg.train.eval_every)) + (steps % cfg.train.eval_every != 0)
     ratio = spent["eval_hook"] / s["seconds"]

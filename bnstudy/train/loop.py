@@ -60,7 +60,7 @@ def validate(cfg: RunConfig) -> None:
         (o.lr > 0, f"optim.lr must be > 0 (got {o.lr})"),
         (t.steps > 0, f"train.steps must be > 0 (got {t.steps})"),
         (t.batch_size > 0, f"train.batch_size must be > 0 (got {t.batch_size})"),
-        (t.eval_every > 0, f"train.eval_every must be > 0 (got {t.eval_every})"),
+        (t.eval_every >= 0, f"train.eval_every must be >= 0 (got {t.eval_every}; 0 turns evaluation off)"),
         (t.log_every > 0, f"train.log_every must be > 0 (got {t.log_every})"),
         (t.checkpoint_every > 0, f"train.checkpoint_every must be > 0 (got {t.checkpoint_every})"),
         (t.eval_batch_size > 0, f"train.eval_batch_size must be > 0 (got {t.eval_batch_size})"),
@@ -171,6 +171,7 @@ class State:
     losses: list[torch.Tensor] = field(default_factory=list)  # per-step losses since the last log point
     train_seconds: float = 0.0
     hook_seconds: float = 0.0
+    hook_times: dict[str, float] = field(default_factory=dict)  # seconds per hook name (log, eval, probe, checkpoint)
     last_train_loss: float = float("nan")
     last_eval: dict[str, float] = field(default_factory=dict)
     best_acc: float = float("nan")
@@ -269,6 +270,7 @@ def save_checkpoint(state: State) -> None:
         "losses": [float(v) for v in state.losses],
         "train_seconds": state.train_seconds,
         "hook_seconds": state.hook_seconds,
+        "hook_times": dict(state.hook_times),
         "last_train_loss": state.last_train_loss,
         "last_eval": dict(state.last_eval),
         "best_acc": state.best_acc,
@@ -296,6 +298,7 @@ def load_checkpoint(state: State) -> None:
     state.losses = [torch.tensor(v, device=state.device) for v in ckpt["losses"]]
     state.train_seconds = ckpt["train_seconds"]
     state.hook_seconds = ckpt["hook_seconds"]
+    state.hook_times = ckpt["hook_times"]
     state.last_train_loss = ckpt["last_train_loss"]
     state.last_eval = ckpt["last_eval"]
     state.best_acc = ckpt["best_acc"]
@@ -331,6 +334,7 @@ def summary(state: State, status: str, params: int, started: float, **more: Any)
         "params": params,
         "seconds": round(state.train_seconds, 4),
         "hook_seconds": round(state.hook_seconds, 4),  # evaluation, logging, probes, checkpoints
+        "hook_times": {k: round(v, 4) for k, v in state.hook_times.items()},
         "ms_per_step": round(1000 * state.train_seconds / steps_done, 5),
         "factors": factors(state.cfg),
         "run": f"{state.run_dir.parent.name}/{state.run_dir.name}",
@@ -414,6 +418,7 @@ def train_run(
     hooks = [Hook("log", t.log_every, log_hook), Hook("eval", t.eval_every, eval_hook)]
     hooks += list(extra_hooks or [])
     hooks.append(Hook("checkpoint", t.checkpoint_every, checkpoint_hook))
+    hooks = [h for h in hooks if h.every > 0]  # every=0: off (train.eval_every=0 for pure-speed runs)
 
     bar = _progress(cfg, state.step)
     status, more = "completed", {}
@@ -493,7 +498,9 @@ def _loop(state: State, hooks: list[Hook], bar) -> None:
         state.train_seconds += t_hooks - t_last
         for h in hooks:
             if state.step % h.every == 0 or state.step == steps:
+                t0 = time.perf_counter()
                 h.fn(state)
+                state.hook_times[h.name] = state.hook_times.get(h.name, 0.0) + time.perf_counter() - t0
         if bar is not None:
             bar.update(state.step - bar.n)
             bar.set_postfix(loss=f"{state.last_train_loss:.4f}", acc=state.last_eval.get("test/acc", float("nan")))
