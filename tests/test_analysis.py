@@ -241,3 +241,23 @@ def test_figures_skip_failed_runs_and_handle_nothing(tmp_path: Path) -> None:
     runs = A.load_runs(tmp_path)
     assert A.figures(runs, A.load_metrics(tmp_path, runs)) == {}
     assert np.isnan(A.summary_table(runs, A.load_metrics(tmp_path, runs))["final_test_acc"]).all()
+
+
+def test_probe_table_first_and_last_step_mean_over_seeds():
+    from bnstudy.analysis import aggregate
+
+    rows = []
+    for run, seed, scale in (("a/seed0", 0, 1.0), ("a/seed1", 1, 3.0)):
+        for step in (10, 20, 30):
+            for site in ("layer1", "layer2", "layer3", "pool1"):
+                stat = "mean" if site == "pool1" else "sat_frac"
+                rows.append({"run": run, "seed": seed, "norm": "bn", "split": "probe", "step": step,
+                             "metric": f"{site}/{stat}", "value": scale * step})
+    rows.append({"run": "a/seed0", "seed": 0, "norm": "bn", "split": "test", "step": 30, "metric": "acc", "value": 0.5})
+    t = aggregate.probe_table(pd.DataFrame(rows), ["norm"])
+    assert sorted(t["site"].unique()) == ["layer1", "layer3", "pool1"]  # first and last norm layer, every pool
+    assert sorted(t["step"].unique()) == [10, 30]
+    row = t[(t.site == "layer3") & (t.step == 30)].iloc[0]
+    assert row["sat_frac"] == pytest.approx(2.0 * 30)  # mean of 1x and 3x
+    assert t[(t.site == "pool1") & (t.step == 10)].iloc[0]["pool/mean"] == pytest.approx(20.0)
+    assert aggregate.probe_table(pd.DataFrame(rows[-1:]), ["norm"]).empty

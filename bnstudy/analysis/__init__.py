@@ -15,6 +15,7 @@ from bnstudy.analysis.aggregate import (
     default_target,
     group_columns,
     mean_ci,
+    probe_table,
     summary_table,
     t_quantile,
     time_to_target,

@@ -222,3 +222,37 @@ def _mean(s: pd.Series) -> float:
     v = pd.to_numeric(s, errors="coerce").astype(float)
     v = v[np.isfinite(v)]
     return float(v.mean()) if len(v) else math.nan
+
+
+# ---------------------------------------------------------------- probe statistics
+
+PROBE_STATS = ("pre/ch_absmean", "pre/ch_std", "post/ch_absmean", "post/ch_std", "sat_frac")
+POOL_STATS = ("mean", "std", "ch_absmean", "ch_std")
+
+
+def probe_table(metrics: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """Probe statistics at the first and last probed step, mean over seeds, per group and site.
+
+    Sites: the first and last norm layer (``layer{i}``) and every max-pool
+    (``pool{j}``). Columns: the group, ``site``, ``step`` and one column per
+    statistic (:data:`PROBE_STATS` for norm layers, :data:`POOL_STATS` for
+    pools, prefixed ``pool/``). Empty when no run logged probes.
+    """
+    p = metrics[metrics["split"] == "probe"]
+    if p.empty:
+        return pd.DataFrame()
+    parts = p["metric"].str.split("/", n=1, expand=True)
+    p = p.assign(site=parts[0], stat=parts[1])
+    layers = sorted({s for s in p["site"] if s.startswith("layer")}, key=lambda s: int(s[5:]))
+    keep_layers = {layers[0], layers[-1]} if layers else set()
+    keep = (p["site"].isin(keep_layers) & p["stat"].isin(PROBE_STATS)) | (
+        p["site"].str.startswith("pool") & p["stat"].isin(POOL_STATS)
+    )
+    p = p[keep]
+    first_last = p.groupby("run")["step"].agg(["min", "max"])
+    p = p.join(first_last, on="run")
+    p = p[(p["step"] == p["min"]) | (p["step"] == p["max"])]
+    p = p.assign(stat=np.where(p["site"].str.startswith("pool"), "pool/" + p["stat"], p["stat"]))
+    table = p.pivot_table(index=[*by, "site", "step"], columns="stat", values="value", aggfunc="mean").reset_index()
+    table.columns.name = None
+    return table

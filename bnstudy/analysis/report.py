@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from bnstudy.analysis.aggregate import DEFAULT_TARGETS, group_columns, summary_table, varying_factors
+from bnstudy.analysis.aggregate import DEFAULT_TARGETS, group_columns, probe_table, summary_table, varying_factors
 from bnstudy.analysis.load import FACTORS, load_metrics, load_runs, sweep_commands
 from bnstudy.analysis.plots import figures, save_figure, variant_order
 
@@ -166,10 +166,35 @@ def build_report(root: str | Path, out: str | Path | None = None, target: float 
     for name in figs:
         title = FIGURE_TITLES.get(name) or f"Sensitivity to {name.removeprefix('sensitivity_')}"
         lines += [f"### {title}", "", f"![{title}](figures/{name}.png)", f"(vector: [figures/{name}.svg](figures/{name}.svg))", ""]
+    lines += _probe_section(metrics, by, out)
     lines += _problem_runs(runs, skipped) + [""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _probe_section(metrics: pd.DataFrame, by: list[str], out: Path) -> list[str]:
+    """Activation statistics at the first and last probe (written to probes.csv too); nothing without probes."""
+    table = probe_table(metrics, by)
+    if table.empty:
+        return []
+    table.to_csv(out / "probes.csv", index=False)
+    shown = table.copy()
+    for c in shown.columns:
+        if c not in (*by, "site", "step"):
+            shown[c] = shown[c].map(lambda v: _fmt(v, 3))
+    return [
+        "## Activation statistics (probes)",
+        "",
+        "On the fixed probe batch (the first test images), network in evaluation mode; mean over seeds, at the first "
+        "and the last probed step. `pre` is a norm layer's input, `post` its output (what enters the activation); "
+        "`ch_absmean` is the mean over channels of |per-channel mean| and `ch_std` the mean per-channel std, so a "
+        "standardized layer has 0 and 1; `sat_frac` is the fraction of saturated units (|x| > 4 into a sigmoid, "
+        "x ≤ 0 into a ReLU); `pool/...` are the statistics of a max-pool's output. Raw numbers: `probes.csv`.",
+        "",
+        markdown_table(shown),
+        "",
+    ]
 
 
 def _shown(path: Path) -> str:
