@@ -8,6 +8,7 @@ no host sync (losses stay on the device until a log point reads them).
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import random
@@ -29,6 +30,7 @@ from bnstudy.models import build_model, count_params
 from bnstudy.runs import MetricsLog, read_summary, write_json
 
 CHECKPOINT = "checkpoint.pt"
+log = logging.getLogger("bnstudy")
 
 
 class Diverged(Exception):
@@ -369,6 +371,8 @@ def train_run(
     validate(cfg)
     run_dir = Path(run_dir)
     device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     data = data_lib.load(cfg.data, device)  # before any run file is written: bad data leaves nothing behind
@@ -504,6 +508,11 @@ def _loop(state: State, hooks: list[Hook], bar) -> None:
         if bar is not None:
             bar.update(state.step - bar.n)
             bar.set_postfix(loss=f"{state.last_train_loss:.4f}", acc=state.last_eval.get("test/acc", float("nan")))
+        elif cfg.train.eval_every and (state.step % cfg.train.eval_every == 0 or state.step == steps):
+            log.info(
+                "step %d/%d  train loss %.4f  test acc %.4f  (%.1f s)",
+                state.step, steps, state.last_train_loss, state.last_eval.get("test/acc", float("nan")), state.train_seconds,
+            )
         t_last = time.perf_counter()
         state.hook_seconds += t_last - t_hooks
         due = next_due(state.step)
