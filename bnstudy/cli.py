@@ -68,9 +68,10 @@ def _threads_for_launcher() -> int:
         return 0
     target = str(launcher.get("_target_", ""))
     if "joblib" in target:
+        cores = os.cpu_count() or 1
         n_jobs = int(launcher.get("n_jobs", 1) or 1)
-        n_jobs = os.cpu_count() or 1 if n_jobs < 0 else n_jobs
-        return max(1, (os.cpu_count() or 1) // n_jobs)
+        n_jobs = cores if n_jobs < 0 else n_jobs  # joblib's -1: one job per core
+        return max(1, cores // n_jobs)
     if "submitit" in target and launcher.get("cpus_per_task"):
         return int(launcher.cpus_per_task)
     return 0
