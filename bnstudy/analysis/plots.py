@@ -102,7 +102,8 @@ def _grid(n: int, ncols: int = 3, w: float = 4.4, h: float = 3.3, sharey: bool =
 def _legend(fig: Figure, norms: Sequence[str], extra: Sequence[tuple[Line2D, str]] = ()) -> None:
     handles = [Line2D([], [], color=color(n), lw=2) for n in norms] + [h for h, _ in extra]
     labels = list(norms) + [l for _, l in extra]
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6), frameon=False)
+    panels = sum(ax.get_visible() for ax in fig.axes)
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3 if panels == 1 else 6), frameon=False)
 
 
 def curves_figure(
@@ -123,6 +124,7 @@ def curves_figure(
     cols, combos = _facets(runs)
     fig, axes = _grid(len(combos))
     norms = variant_order(runs["norm"].dropna())
+    plotted: list[float] = []
     for ax, combo in zip(axes, combos):
         c = curves(_select(metrics, cols, combo), split, metric, by=["norm"])
         for norm in norms:
@@ -131,10 +133,14 @@ def curves_figure(
                 continue
             xs = d[x].to_numpy(float)
             ax.plot(xs, d["mean"], color=color(norm), lw=1.8, label=norm)
+            plotted += d["mean"].dropna().tolist()
             lo, hi = np.clip(d["lo"].to_numpy(float), *bounds), np.clip(d["hi"].to_numpy(float), *bounds)
             ax.fill_between(xs, lo, hi, color=color(norm), alpha=0.18, lw=0)
         if logy:
             ax.set_yscale("log")
+        elif bounds == (0.0, 1.0) and plotted:
+            # accuracy: start the axis near the bulk of the curves, so late differences stay visible
+            ax.set_ylim(max(0.0, float(np.percentile(plotted, 10)) - 0.05), min(1.0, max(plotted) + 0.01))
         ax.set_xlabel(X_LABELS.get(x, x))
         ax.set_ylabel(ylabel or f"{split} {metric}")
         ax.set_title(_title(cols, combo), fontsize=10)
@@ -245,7 +251,8 @@ def probe_figure(runs: pd.DataFrame, metrics: pd.DataFrame, layer: str | None = 
     where = "post" if (probe["metric"] == f"{layer}/post/p50").any() else "pre"
     cols, combos = _facets(runs)
     norms = variant_order(probe["norm"].dropna())
-    fig, axes = _grid(len(norms) * len(combos), ncols=len(norms), w=3.6, h=3.0)
+    # one row per combination of the other factors; a single combination wraps at 3 panels a row
+    fig, axes = _grid(len(norms) * len(combos), ncols=len(norms) if len(combos) > 1 else 3, w=3.6, h=3.0)
     styles = {"15": ":", "50": "-", "85": "--"}
     for r, combo in enumerate(combos):
         sub = _select(probe, cols, combo)
