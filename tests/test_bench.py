@@ -41,7 +41,7 @@ def test_quick_synthetic_writes_every_row(tmp_data, tmp_path, capsys):
 
 def test_sweep_overhead_is_measured(tmp_path):
     checks = bench.bench_sweep(bench.Options(quick=True), tmp_path)
-    assert [c.name for c in checks] == ["sweep overhead s/job"]
+    assert [c.name for c in checks] == ["sweep s/job incl. process start"]
     assert checks[0].value is not None and checks[0].value > 0, checks[0].note
 
 
