@@ -544,13 +544,13 @@ def _fmt(x: float, digits: int = 0) -> str:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     """Images/s of each contender, the ratios and ms/step, one line per model x norm."""
-    head = f"{'model':<7}{'norm':<8}{'data':<28}{'bs':>4}{'steps':>6}  {'a bnstudy':>10}{'b bare':>10}{'c conv':>10}  {'a/b':>5}{'a/c':>6}  {'ms a':>8}{'ms b':>8}{'ms c':>8}"
+    head = f"{'model':<7}{'norm':<12}{'data':<28}{'bs':>4}{'steps':>6}  {'a bnstudy':>10}{'b bare':>10}{'c conv':>10}  {'a/b':>5}{'a/c':>6}  {'ms a':>8}{'ms b':>8}{'ms c':>8}"
     print("\nimages/s (median over repeats; a = bnstudy.train_run, b = bare loop, c = DataLoader loop)")
     print(head)
     print("-" * len(head))
     for r in rows:
         print(
-            f"{r['model']:<7}{r['norm']:<8}{r['data']:<28}{r['batch_size']:>4}{r['steps']:>6}  "
+            f"{r['model']:<7}{r['norm']:<12}{r['data']:<28}{r['batch_size']:>4}{r['steps']:>6}  "
             f"{_fmt(r['ips_bnstudy']):>10}{_fmt(r['ips_bare']):>10}{_fmt(r['ips_conventional']):>10}  "
             f"{_fmt(r['ratio_a_b'], 2):>5}{_fmt(r['ratio_a_c'], 1):>6}  "
             f"{_fmt(r['ms_step_bnstudy'], 2):>8}{_fmt(r['ms_step_bare'], 2):>8}{_fmt(r['ms_step_conventional'], 2):>8}"
