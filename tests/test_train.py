@@ -98,3 +98,18 @@ def test_cifar10_jpeg_cnn_short_run(tmp_path):
     )
     s = train_run(cfg, tmp_path / "r")
     assert s["status"] == "completed" and s["final"]["test/acc"] > 0.15
+
+
+def test_tensorboard_events_are_optional(tmp_path, tmp_data):
+    pytest.importorskip("tensorboard")
+    train_run(small(logger={"tensorboard": True}), tmp_path / "tb_on")
+    assert list((tmp_path / "tb_on" / "tb").glob("events.out.tfevents.*"))
+    train_run(small(), tmp_path / "tb_off")
+    assert not (tmp_path / "tb_off" / "tb").exists()
+
+
+def test_eval_every_zero_turns_evaluation_off(tmp_path, tmp_data):
+    s = train_run(small(train={"steps": 30, "eval_every": 0, "log_every": 10, "progress": "off"}), tmp_path / "r")
+    m = pd.read_csv(tmp_path / "r" / "metrics.csv")
+    assert "test" not in set(m.split) and s["final"]["test/acc"] is None and s["status"] == "completed"
+    assert set(s["hook_times"]) == {"log", "checkpoint"}
