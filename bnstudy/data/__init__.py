@@ -1,0 +1,394 @@
+"""Datasets held whole on the training device.
+
+Each split is decoded once, cached as uint8 tensors in the data folder
+(``BNSTUDY_DATA_DIR``, default ``data/`` in the project), normalised per
+channel once, and batched by indexing a ``randperm``.
+
+Where a dataset comes from, in order:
+
+1. the prepared data folder (cache file, or torchvision's own files in it);
+2. the offline mirror ``BNSTUDY_DATA_MIRROR`` (layout of ``shared/datasets/README.md``);
+3. torchvision's download, when ``data.download`` is true.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bnstudy.config import DataConfig
+from bnstudy.errors import DataError
+
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+MNIST_FILES = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Static facts about a dataset, known without loading it."""
+
+    shape: tuple[int, int, int]
+    train_size: int
+    test_size: int
+    num_classes: int = 10
+
+
+SPECS: dict[str, Spec] = {
+    "mnist": Spec((1, 28, 28), 60000, 10000),
+    "fashion_mnist": Spec((1, 28, 28), 60000, 10000),
+    "cifar10": Spec((3, 32, 32), 50000, 10000),
+    "cifar10_jpeg": Spec((3, 32, 32), 50000, 10000),
+}
+
+
+def spec(cfg: DataConfig) -> Spec:
+    """Shape and sizes of ``cfg.name`` (synthetic: from its config)."""
+    if cfg.name == "synthetic":
+        return Spec((cfg.channels, cfg.size, cfg.size), cfg.train_size, cfg.test_size, cfg.num_classes)
+    try:
+        return SPECS[cfg.name]
+    except KeyError:
+        names = ", ".join([*SPECS, "synthetic"])
+        raise DataError(f"unknown dataset '{cfg.name}'; choose one of: {names}") from None
+
+
+@dataclass
+class Data:
+    """A dataset on one device: normalised float inputs (N, C, H, W) and int64 labels (N,)."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    val_x: torch.Tensor | None
+    val_y: torch.Tensor | None
+    num_classes: int
+    mean: torch.Tensor  # (C,) of the raw [0, 1] training inputs
+    std: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Input shape (C, H, W)."""
+        return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
+
+
+def project_root() -> Path:
+    """The source checkout holding this package (or the working directory when installed elsewhere)."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").exists() else Path.cwd()
+
+
+def data_dir() -> Path:
+    """The prepared data folder: ``$BNSTUDY_DATA_DIR`` or ``data/`` in the project."""
+    env = os.environ.get("BNSTUDY_DATA_DIR")
+    return Path(env).expanduser() if env else project_root() / "data"
+
+
+def mirror_dir() -> Path | None:
+    """The offline mirror folder, if ``$BNSTUDY_DATA_MIRROR`` is set."""
+    env = os.environ.get("BNSTUDY_DATA_MIRROR")
+    return Path(env).expanduser() if env else None
+
+
+def _missing(name: str, what: str) -> DataError:
+    return DataError(
+        f"no {name} data: {what} not found in BNSTUDY_DATA_DIR={data_dir()} or "
+        f"BNSTUDY_DATA_MIRROR={os.environ.get('BNSTUDY_DATA_MIRROR', '(unset)')}, and download "
+        "failed or is off; set BNSTUDY_DATA_MIRROR to a folder laid out like shared/datasets, "
+        "or allow data.download=true on a machine with internet"
+    )
+
+
+# ---------------------------------------------------------------- raw loaders
+# Each returns uint8 tensors: train_x (N, C, H, W), train_y (N,), test_x, test_y.
+
+Raw = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _load_idx(name: str, folder: str, tv_cls_name: str, download: bool) -> Raw:
+    """MNIST-format datasets through torchvision, raw files prepared from the mirror if needed."""
+    import torchvision
+
+    root = data_dir()
+    raw = root / tv_cls_name / "raw"
+    if not all((raw / f).exists() for f in MNIST_FILES):
+        mirror = mirror_dir()
+        if mirror is not None and all((mirror / folder / f"{f}.gz").exists() for f in MNIST_FILES):
+            raw.mkdir(parents=True, exist_ok=True)
+            for f in MNIST_FILES:
+                _gunzip(mirror / folder / f"{f}.gz", raw / f)
+    cls = getattr(torchvision.datasets, tv_cls_name)
+    files = ", ".join(f"{folder}/{f}.gz" for f in MNIST_FILES)
+    if not _have(raw):
+        if not download:
+            raise _missing(name, files)
+        try:
+            for train in (True, False):
+                cls(str(root), train=train, download=True)
+        except Exception:  # noqa: BLE001 - offline machines fail in many ways
+            raise _missing(name, files) from None
+    out = []
+    for train in (True, False):
+        try:
+            ds = cls(str(root), train=train, download=False)
+        except Exception as e:  # noqa: BLE001 - torchvision asserts, raises ValueError/RuntimeError on bad IDX
+            raise DataError(
+                f"{raw} holds a corrupt or truncated {name} file ({type(e).__name__}: {e}); delete the folder and re-run"
+            ) from None
+        out += [ds.data.unsqueeze(1).contiguous(), ds.targets.long()]
+    return out[0], out[1], out[2], out[3]
+
+
+def _have(raw: Path) -> bool:
+    return all((raw / f).exists() for f in MNIST_FILES)
+
+
+def _gunzip(src: Path, dst: Path) -> None:
+    """Decompress ``src`` to ``dst`` atomically; a truncated archive is an error naming it."""
+    tmp = dst.with_suffix(".tmp")
+    try:
+        with gzip.open(src, "rb") as fi, open(tmp, "wb") as fo:
+            shutil.copyfileobj(fi, fo)
+    except (OSError, EOFError) as e:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"{src} is corrupt or truncated ({e}); restore it (sha256sum -c SHA256SUMS in the mirror)") from None
+    os.replace(tmp, dst)
+
+
+def _load_cifar10(download: bool) -> Raw:
+    """Exact CIFAR-10 (pickled batches) through torchvision."""
+    import torchvision
+
+    root = data_dir()
+    folder = root / "cifar-10-batches-py"
+    mirror = mirror_dir()
+    archive = mirror / "cifar10" / "cifar-10-python.tar.gz" if mirror else None
+    if not folder.exists() and archive is not None and archive.exists():
+        try:
+            with tarfile.open(archive) as tf:
+                tf.extractall(root, filter="data")
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise DataError(f"{archive} is corrupt or truncated ({e}); restore it") from None
+    out = []
+    for train in (True, False):
+        try:
+            ds = torchvision.datasets.CIFAR10(str(root), train=train, download=download and not folder.exists())
+        except RuntimeError:
+            raise _missing("cifar10", "cifar10/cifar-10-python.tar.gz") from None
+        except Exception as e:  # noqa: BLE001 - torchvision raises many types on a bad pickle
+            if not folder.exists():
+                raise _missing("cifar10", "cifar10/cifar-10-python.tar.gz") from None
+            raise DataError(f"{folder} holds a corrupt CIFAR-10 batch ({e}); delete it and re-run") from None
+        x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, H, W, C) -> (N, C, H, W)
+        out += [x, torch.tensor(ds.targets, dtype=torch.long)]
+    return out[0], out[1], out[2], out[3]
+
+
+def _load_cifar10_jpeg() -> Raw:
+    """CIFAR-10 re-encoded as JPEG: ``{train,test}/<class>/*.jpg`` in a folder or an uncompressed tar."""
+    candidates = [data_dir() / "cifar10-jpeg"]
+    mirror = mirror_dir()
+    if mirror is not None:
+        candidates.append(mirror / "cifar10-jpeg")
+    for base in candidates:
+        if (base / "train").is_dir() and (base / "test").is_dir():
+            return _decode_jpeg_tree(_iter_folder(base), str(base))
+        tar = base / "cifar10-jpeg.tar"
+        if tar.exists():
+            return _decode_jpeg_tree(_iter_tar(tar), str(tar))
+    raise _missing("cifar10_jpeg", "cifar10-jpeg/cifar10-jpeg.tar (or cifar10-jpeg/{train,test}/<class>/)")
+
+
+def _iter_folder(base: Path):
+    for split in ("train", "test"):
+        for cls in CIFAR_CLASSES:
+            for p in sorted((base / split / cls).glob("*.jpg")):
+                yield split, cls, p.name, p.read_bytes()
+
+
+def _iter_tar(path: Path):
+    try:
+        with tarfile.open(path, "r:") as tf:
+            for m in tf:
+                if not m.isfile() or not m.name.endswith(".jpg"):
+                    continue
+                parts = Path(m.name).parts
+                if len(parts) < 3:
+                    continue
+                split, cls = parts[-3], parts[-2]
+                f = tf.extractfile(m)
+                yield split, cls, parts[-1], f.read() if f else b""
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DataError(f"{path} is corrupt or truncated ({e}); restore it (sha256sum -c SHA256SUMS in the mirror)") from None
+
+
+def _decode_jpeg_tree(items, where: str) -> Raw:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    buckets: dict[str, list[tuple[str, int, bytes]]] = {"train": [], "test": []}
+    for split, cls, fname, blob in items:
+        if split in buckets and cls in CIFAR_CLASSES:
+            buckets[split].append((f"{cls}/{fname}", CIFAR_CLASSES.index(cls), blob))
+    out = []
+    for split, expected in (("train", 50000), ("test", 10000)):
+        rows = sorted(buckets[split])  # deterministic order whatever the tar's
+        if len(rows) != expected:
+            raise DataError(f"{where}: {split} has {len(rows)} images, expected {expected}; the archive is incomplete")
+        blobs = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for _, _, b in rows]
+        try:
+            imgs = decode_jpeg(blobs, mode=ImageReadMode.RGB)
+        except RuntimeError as e:
+            raise DataError(f"{where}: a {split} JPEG is corrupt ({e}); restore the archive") from None
+        x = torch.stack(imgs)  # (N, 3, 32, 32) uint8
+        if x.shape[1:] != (3, 32, 32):
+            raise DataError(f"{where}: {split} images are {tuple(x.shape[1:])}, expected (3, 32, 32)")
+        out += [x, torch.tensor([y for _, y, _ in rows], dtype=torch.long)]
+    return out[0], out[1], out[2], out[3]
+
+
+def _synthetic(cfg: DataConfig) -> Raw:
+    """A small learnable image set: class prototypes plus noise, fixed whatever the run's seed."""
+    g = torch.Generator().manual_seed(1234)
+    c, s, k = cfg.channels, cfg.size, cfg.num_classes
+    protos = torch.rand(k, c, s, s, generator=g)
+
+    def make(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.randint(0, k, (n,), generator=g)
+        x = 0.6 * protos[y] + 0.4 * torch.rand(n, c, s, s, generator=g)
+        return (x * 255).round().to(torch.uint8), y
+
+    tx, ty = make(cfg.train_size)
+    vx, vy = make(cfg.test_size)
+    return tx, ty, vx, vy
+
+
+# ---------------------------------------------------------------- cache and assembly
+
+_CACHE_VERSION = 1
+
+
+def _cache_path(name: str) -> Path:
+    return data_dir() / "cache" / f"{name}.v{_CACHE_VERSION}.pt"
+
+
+def load_raw(cfg: DataConfig) -> Raw:
+    """uint8 splits of ``cfg.name``: from the cache, else decoded from its source and cached."""
+    if cfg.name == "synthetic":
+        return _synthetic(cfg)
+    spec(cfg)  # unknown names fail here
+    path = _cache_path(cfg.name)
+    if path.exists():
+        try:
+            blob = torch.load(path, weights_only=True)
+            raw = (blob["train_x"], blob["train_y"], blob["test_x"], blob["test_y"])
+            _check(cfg.name, raw, str(path))
+            return raw
+        except DataError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any unreadable cache is reported the same way
+            raise DataError(f"{path} is corrupt or truncated ({type(e).__name__}); delete it and re-run") from None
+    if cfg.name == "mnist":
+        raw = _load_idx("mnist", "mnist", "MNIST", cfg.download)
+    elif cfg.name == "fashion_mnist":
+        raw = _load_idx("fashion_mnist", "fashion-mnist", "FashionMNIST", cfg.download)
+    elif cfg.name == "cifar10":
+        raw = _load_cifar10(cfg.download)
+    else:
+        raw = _load_cifar10_jpeg()
+    _check(cfg.name, raw, "decoded data")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save({"train_x": raw[0], "train_y": raw[1], "test_x": raw[2], "test_y": raw[3]}, tmp)
+    os.replace(tmp, path)
+    return raw
+
+
+def _check(name: str, raw: Raw, where: str) -> None:
+    s = SPECS[name]
+    tx, ty, vx, vy = raw
+    ok = (
+        tuple(tx.shape) == (s.train_size, *s.shape)
+        and tuple(vx.shape) == (s.test_size, *s.shape)
+        and ty.shape == (s.train_size,)
+        and vy.shape == (s.test_size,)
+        and tx.dtype == torch.uint8
+        and int(ty.min()) >= 0
+        and int(ty.max()) < s.num_classes
+    )
+    if not ok:
+        raise DataError(f"{where} does not hold a valid {name} (shapes {tuple(tx.shape)}, {tuple(vx.shape)}); delete it and re-run")
+
+
+_LOADED: dict[tuple, Data] = {}
+
+
+def load(cfg: DataConfig, device: torch.device | str = "cpu") -> Data:
+    """The dataset on ``device``, normalised; reused within a process (one load per sweep worker)."""
+    key = (cfg.name, cfg.val_size, cfg.normalize, str(device), cfg.channels, cfg.size, cfg.train_size, cfg.test_size, cfg.num_classes)
+    if key not in _LOADED:
+        _LOADED.clear()  # hold one dataset at a time; sweeps are usually over one
+        _LOADED[key] = _assemble(cfg, torch.device(device))
+    return _LOADED[key]
+
+
+def _assemble(cfg: DataConfig, device: torch.device) -> Data:
+    tx, ty, vx, vy = load_raw(cfg)
+    n = tx.shape[0]
+    if not 0 <= cfg.val_size < n:
+        from bnstudy.errors import ConfigError
+
+        raise ConfigError(f"data.val_size must be in [0, {n}) (got {cfg.val_size})")
+    val_x = val_y = None
+    if cfg.val_size:
+        # a fixed split (independent of the run's seed) so every run validates on the same images
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+        val_idx, tr_idx = perm[: cfg.val_size], perm[cfg.val_size :]
+        val_x, val_y, tx, ty = tx[val_idx], ty[val_idx], tx[tr_idx], ty[tr_idx]
+    tx_f = tx.to(device).float().div_(255)
+    mean = tx_f.mean(dim=(0, 2, 3))
+    std = tx_f.std(dim=(0, 2, 3))
+    if not cfg.normalize:
+        mean, std = torch.zeros_like(mean), torch.ones_like(std)
+
+    def norm(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device).float().div_(255) if x.dtype == torch.uint8 else x
+        return x.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
+
+    return Data(
+        name=cfg.name,
+        train_x=norm(tx_f),
+        train_y=ty.to(device),
+        test_x=norm(vx),
+        test_y=vy.to(device),
+        val_x=norm(val_x) if val_x is not None else None,
+        val_y=val_y.to(device) if val_y is not None else None,
+        num_classes=spec(cfg).num_classes,
+        mean=mean.cpu(),
+        std=std.cpu(),
+    )
+
+
+def augment(x: torch.Tensor, pad: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Batched random crop (zero-pad by ``pad``, crop back) and horizontal flip of (B, C, H, W)."""
+    b, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b,), device=x.device, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b,), device=x.device, generator=generator)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (B, 1, 1, W)
+    bidx = torch.arange(b, device=x.device)[:, None, None, None]
+    cidx = torch.arange(c, device=x.device)[None, :, None, None]
+    out = padded[bidx, cidx, rows, cols]  # (B, C, H, W)
+    flip = torch.rand(b, device=x.device, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
