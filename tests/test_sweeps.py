@@ -180,6 +180,7 @@ def test_a_locked_run_is_not_trained_twice(tmp_path, tmp_data):
         assert not (run / "summary.json").exists()
     finally:
         holder.kill()
+        holder.wait()
     assert RunLock(run).acquire()  # released when its holder died
 
 
