@@ -51,22 +51,23 @@ def test_missing_data_names_files_and_both_env_vars(tmp_data, monkeypatch, tmp_p
     assert "train-images-idx3-ubyte.gz" in str(pytest.raises(DataError, load_raw, DataConfig(name="mnist", download=False)).value)
 
 
-def test_truncated_mirror_file_is_named(tmp_data, monkeypatch, tmp_path):
+def mnist_mirror(tmp_path, monkeypatch, content: bytes) -> None:
+    """A mirror whose four MNIST .gz files all hold ``content``; BNSTUDY_DATA_MIRROR points at it."""
     mirror = tmp_path / "mirror" / "mnist"
     mirror.mkdir(parents=True)
     for f in MNIST_FILES:
-        (mirror / f"{f}.gz").write_bytes(gzip.compress(b"\0" * 4096)[:30])  # cut short
+        (mirror / f"{f}.gz").write_bytes(content)
     monkeypatch.setenv("BNSTUDY_DATA_MIRROR", str(tmp_path / "mirror"))
+
+
+def test_truncated_mirror_file_is_named(tmp_data, monkeypatch, tmp_path):
+    mnist_mirror(tmp_path, monkeypatch, gzip.compress(b"\0" * 4096)[:30])  # cut short
     with pytest.raises(DataError, match="train-images-idx3-ubyte.gz is corrupt or truncated"):
         load_raw(DataConfig(name="mnist", download=False))
 
 
 def test_corrupt_idx_content_is_an_error(tmp_data, monkeypatch, tmp_path):
-    mirror = tmp_path / "mirror" / "mnist"
-    mirror.mkdir(parents=True)
-    for f in MNIST_FILES:
-        (mirror / f"{f}.gz").write_bytes(gzip.compress(b"garbage" * 10))  # valid gzip, not IDX
-    monkeypatch.setenv("BNSTUDY_DATA_MIRROR", str(tmp_path / "mirror"))
+    mnist_mirror(tmp_path, monkeypatch, gzip.compress(b"garbage" * 10))  # valid gzip, not IDX
     with pytest.raises(DataError, match="corrupt"):
         load_raw(DataConfig(name="mnist", download=False))
 
