@@ -59,7 +59,7 @@ class Case:
 # Conv nets on 2 shared CPU cores take 0.1-2 s a step, hence their small step counts.
 CASES: dict[str, Case] = {
     "mlp": Case("mnist", 60, 1000, 150),
-    "cnn": Case("fashion_mnist", 128, 20, 3),
+    "cnn": Case("cifar10_jpeg", 128, 20, 3),
     "vgg": Case("cifar10_jpeg", 128, 6, 2),
     "resnet": Case("cifar10_jpeg", 128, 3, 1),
 }
