@@ -39,6 +39,9 @@ class ModelConfig:
     depth: int = 3
     width: int = 100
     activation: str = "sigmoid"
+    init: str = "default"  # default | lecun | xavier | he | orthogonal, see bnstudy.models.init
+    pool: str = "max"  # cnn, vgg: max | avg | stride (the conv before the pool takes stride 2)
+    zero_init_residual: bool = False  # resnet: each residual branch starts at zero (SkipInit)
 
 
 @dataclass
@@ -92,6 +95,7 @@ class TrainConfig:
     amp: bool = False
     channels_last: bool = False
     threads: int = 0  # 0: torch's default, divided between parallel jobs
+    precise_bn: int = 0  # batches to recompute BN statistics over before each evaluation (0: off)
 
 
 @dataclass
@@ -191,13 +195,27 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Keys added after studies were committed, with the value that reproduces the
+# code before them. At that value a key is left out of the identity, so the
+# committed run folders keep their names (and are skipped, not retrained);
+# any other value is part of the identity like every other key.
+ADDED_KEYS: dict[str, Any] = {
+    "model.init": "default",
+    "model.pool": "max",
+    "model.zero_init_residual": False,
+    "train.precise_bn": 0,
+}
+
+
 def identity(cfg: dict[str, Any]) -> dict[str, Any]:
     """The flat subset of a config dict that determines a run's results (seed aside)."""
     flat = _flatten({k: v for k, v in cfg.items() if k != "hydra"})
     return {
         k: v
         for k, v in sorted(flat.items())
-        if k not in NON_IDENTITY and k.split(".")[0] not in NON_IDENTITY
+        if k not in NON_IDENTITY
+        and k.split(".")[0] not in NON_IDENTITY
+        and not (k in ADDED_KEYS and v == ADDED_KEYS[k])
     }
 
 
@@ -256,6 +274,8 @@ def factors(cfg: RunConfig) -> dict[str, Any]:
         "depth": cfg.model.depth,
         "width": cfg.model.width,
         "activation": cfg.model.activation,
+        "init": cfg.model.init,
+        "pool": cfg.model.pool,
         "augment": cfg.data.augment,
         "study": cfg.study,
     }

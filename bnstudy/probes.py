@@ -162,7 +162,7 @@ def activation_probe(state: State, model: nn.Module) -> list[tuple[str, str, flo
 
         return fn
 
-    pools = [m for m in model.modules() if isinstance(m, nn.MaxPool2d)]
+    pools = [m for m in model.modules() if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))]
     pooled: dict[int, dict[str, torch.Tensor]] = {}
 
     def capture_pool(j: int):

@@ -12,6 +12,8 @@ from torch import nn
 
 from bnstudy.config import ModelConfig, NormConfig
 from bnstudy.errors import ConfigError
+from bnstudy.models.init import check as check_init
+from bnstudy.models.init import init_weights
 from bnstudy.norm import make_norm, needs_bias
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -61,24 +63,48 @@ def conv_block(c_in: int, c_out: int, norm: NormConfig, act: str, stride: int = 
     ]
 
 
+POOLS = ("max", "avg", "stride")
+
+
+def conv_stack(plan: list, cfg: ModelConfig, norm: NormConfig, c_in: int, size: int) -> tuple[list[nn.Module], int]:
+    """Conv blocks from a plan of channel counts and ``"M"`` (halve the resolution); returns (layers, c_out).
+
+    ``model.pool`` decides how "M" halves: ``max`` / ``avg`` add a 2x2 pooling
+    layer, ``stride`` gives the conv block before it stride 2 and adds no layer
+    (the pooling control: same resolutions, no pooling statistics). A halving
+    is skipped once the feature map is 1x1, so 28x28 inputs work too.
+    """
+    if cfg.pool not in POOLS:
+        raise ConfigError(f"unknown model.pool '{cfg.pool}'; choose one of: {', '.join(POOLS)}")
+    blocks: list[list[nn.Module]] = []
+    for item in plan:
+        if item == "M":
+            if size >= 2 and blocks:
+                size //= 2
+                if cfg.pool == "stride":
+                    blocks[-1][0].stride = (2, 2)
+                else:
+                    blocks.append([nn.MaxPool2d(2) if cfg.pool == "max" else nn.AvgPool2d(2)])
+            continue
+        blocks.append(conv_block(c_in, int(item), norm, cfg.activation))
+        c_in = int(item)
+    return [m for b in blocks for m in b], c_in
+
+
 class CNN(nn.Module):
-    """Small conv net: ``depth`` stages of conv → norm → activation, 2x2 max-pooling between stages.
+    """Small conv net: ``depth`` stages of conv → norm → activation, halving the resolution between stages.
 
     Stage i has ``width * 2**i`` channels; a global average pool and a linear
-    classifier follow the last stage.
+    classifier follow the last stage. The halving is a 2x2 max-pool by default
+    (``model.pool``, see :func:`conv_stack`).
     """
 
     def __init__(self, cfg: ModelConfig, norm: NormConfig, in_shape: tuple[int, int, int], num_classes: int):
         super().__init__()
-        layers: list[nn.Module] = []
-        c_in, size = in_shape[0], in_shape[1]
+        plan: list = []
         for i in range(cfg.depth):
-            c_out = cfg.width * 2**i
-            if i > 0 and size >= 2:
-                layers.append(nn.MaxPool2d(2))
-                size //= 2
-            layers += conv_block(c_in, c_out, norm, cfg.activation)
-            c_in = c_out
+            plan += (["M"] if i > 0 else []) + [cfg.width * 2**i]
+        layers, c_in = conv_stack(plan, cfg, norm, in_shape[0], in_shape[1])
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes))
 
@@ -93,24 +119,15 @@ VGG11 = [1, "M", 2, "M", 4, 4, "M", 8, 8, "M", 8, 8, "M"]
 class VGG(nn.Module):
     """VGG-11 ("VGG-A", Simonyan & Zisserman 2015) for small images, as in Santurkar et al. (2018).
 
-    ``width`` is the first layer's channel count (64 in the original); a pool is
-    skipped once the feature map is 1x1, so 28x28 inputs work too. Classifier:
+    ``width`` is the first layer's channel count (64 in the original); pooling
+    follows ``model.pool`` (:func:`conv_stack`). Classifier:
     global pool + one linear layer, as usual for CIFAR-sized VGGs.
     """
 
     def __init__(self, cfg: ModelConfig, norm: NormConfig, in_shape: tuple[int, int, int], num_classes: int):
         super().__init__()
-        layers: list[nn.Module] = []
-        c_in, size = in_shape[0], in_shape[1]
-        for item in VGG11:
-            if item == "M":
-                if size >= 2:
-                    layers.append(nn.MaxPool2d(2))
-                    size //= 2
-                continue
-            c_out = cfg.width * int(item)
-            layers += conv_block(c_in, c_out, norm, cfg.activation)
-            c_in = c_out
+        plan = [item if item == "M" else cfg.width * int(item) for item in VGG11]
+        layers, c_in = conv_stack(plan, cfg, norm, in_shape[0], in_shape[1])
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes))
 
@@ -119,9 +136,16 @@ class VGG(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block: two 3x3 conv → norm, identity or 1x1-projection shortcut."""
+    """ResNet basic block: two 3x3 conv → norm, identity or 1x1-projection shortcut.
 
-    def __init__(self, c_in: int, c_out: int, stride: int, norm: NormConfig, act: str):
+    ``zero_init``: the residual branch starts at 0, so the block starts as
+    act(shortcut(x)) (Goyal et al. 2017 for BN; for ``affine`` this is SkipInit,
+    De & Smith 2020). The last norm's γ starts at 0; a norm without γ
+    (``none``, ``bn_noaffine``) gets a learnable scalar gain, started at 0, at
+    the end of the branch.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int, norm: NormConfig, act: str, zero_init: bool = False):
         super().__init__()
         bias = needs_bias(norm)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=bias)
@@ -130,6 +154,13 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=bias)
         self.norm2 = make_norm(norm, c_out, 2)
         self.act2 = activation(act)
+        self.branch_gain: nn.Parameter | None = None
+        if zero_init:
+            gamma = dict(self.norm2.named_parameters(recurse=False)).get("weight")
+            if gamma is not None:
+                nn.init.zeros_(gamma)
+            else:
+                self.branch_gain = nn.Parameter(torch.zeros(()))
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
             self.shortcut = nn.Sequential(
@@ -139,6 +170,8 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act1(self.norm1(self.conv1(x)))
         out = self.norm2(self.conv2(out))
+        if self.branch_gain is not None:
+            out = out * self.branch_gain
         return self.act2(out + self.shortcut(x))
 
 
@@ -157,7 +190,7 @@ class ResNet(nn.Module):
             c_out = w * 2**stage
             for i in range(n):
                 stride = 2 if (stage > 0 and i == 0) else 1
-                layers.append(BasicBlock(c_in, c_out, stride, norm, cfg.activation))
+                layers.append(BasicBlock(c_in, c_out, stride, norm, cfg.activation, cfg.zero_init_residual))
                 c_in = c_out
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes))
@@ -177,8 +210,11 @@ def build_model(cfg: ModelConfig, norm: NormConfig, in_shape: tuple[int, int, in
         raise ConfigError(f"model.depth must be >= 1 (got {cfg.depth})")
     if cfg.width < 1:
         raise ConfigError(f"model.width must be >= 1 (got {cfg.width})")
-    activation(cfg.activation)  # validates the name before any layer is built
-    return MODELS[cfg.name](cfg, norm, in_shape, num_classes)
+    activation(cfg.activation)  # validates the names before any layer is built
+    check_init(cfg.init)
+    model = MODELS[cfg.name](cfg, norm, in_shape, num_classes)
+    init_weights(model, cfg.init, cfg.activation)
+    return model
 
 
 def count_params(model: nn.Module) -> int:

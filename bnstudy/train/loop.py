@@ -41,6 +41,30 @@ class Diverged(Exception):
         self.step, self.loss = step, loss
 
 
+@dataclass
+class StopRequest:
+    """Set from a signal handler (a cluster's time limit, scancel); the loop stops at the next step boundary."""
+
+    reason: str | None = None
+    signum: int | None = None
+
+    def set(self, reason: str, signum: int | None = None) -> None:
+        """Ask the loop to stop; the first request's reason is the one recorded."""
+        if self.reason is None:
+            self.reason, self.signum = reason, signum
+
+
+class Interrupted(BaseException):
+    """A :class:`StopRequest` seen between two steps; the run is checkpointed there, ``status: interrupted``.
+
+    A BaseException, like KeyboardInterrupt: no ``except Exception`` may turn it into a failure.
+    """
+
+    def __init__(self, reason: str, step: int):
+        super().__init__(f"{reason} at step {step}")
+        self.reason, self.step = reason, step
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present; asking for CUDA without one is a config error."""
     if name == "auto":
@@ -54,7 +78,8 @@ def resolve_device(name: str) -> torch.device:
 
 def validate(cfg: RunConfig) -> None:
     """Reject impossible values before any data is loaded or folder written."""
-    from bnstudy.models import activation
+    from bnstudy.models import POOLS, activation
+    from bnstudy.models.init import check as check_init
     from bnstudy.norm import variant
 
     t, o = cfg.train, cfg.optim
@@ -73,11 +98,15 @@ def validate(cfg: RunConfig) -> None:
         (o.name in OPTIMIZERS, f"unknown optim '{o.name}'; choose one of: {', '.join(OPTIMIZERS)}"),
         (cfg.sched.name in ("constant", "step", "cosine"), f"unknown sched '{cfg.sched.name}'; choose constant, step or cosine"),
         (cfg.probe.every >= 0, f"probe.every must be >= 0 (got {cfg.probe.every})"),
+        (t.precise_bn >= 0, f"train.precise_bn must be >= 0 (got {t.precise_bn}; 0 turns it off)"),
     ]
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
     activation(cfg.model.activation)
+    check_init(cfg.model.init)
+    if cfg.model.pool not in POOLS:
+        raise ConfigError(f"unknown model.pool '{cfg.model.pool}'; choose one of: {', '.join(POOLS)}")
     variant(cfg.norm.name)
     s = data_lib.spec(cfg.data)
     n_train = s.train_size - cfg.data.val_size
@@ -230,8 +259,53 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return float(loss_sum) / x.shape[0], int(correct) / x.shape[0]
 
 
+def running_stat_layers(model: nn.Module) -> list[nn.Module]:
+    """Norm layers that evaluate with running statistics they update in training (BN-like), not frozen ones."""
+    from bnstudy.norm import norm_modules
+
+    return [
+        m
+        for _, m in norm_modules(model)
+        if isinstance(getattr(m, "running_mean", None), torch.Tensor)
+        and getattr(m, "momentum", None) is not None
+        and not getattr(m, "frozen", False)
+    ]
+
+
+@torch.no_grad()
+def recompute_running_stats(model: nn.Module, x: torch.Tensor, batches: int, batch_size: int, seed: int) -> int:
+    """Set the running statistics of every BN-like layer to the plain mean over ``batches`` training batches.
+
+    "Precise BN" (Wu & Johnson 2021): the running estimates, an exponential
+    average with momentum 0.1, lag the weights when they move fast; this
+    replaces them by the average of the batch statistics that the *current*
+    weights produce. Momentum 1/k at the k-th batch makes the exponential
+    average the exact mean. The batches are fixed (a generator seeded by
+    ``seed``; no augmentation) and the model is in train mode, as in training.
+    The caller restores the model afterwards (:func:`bnstudy.probes.preserved`).
+    Returns the number of batches used (0 if the model has no BN-like layer).
+    """
+    layers = running_stat_layers(model)
+    n = min(batches, x.shape[0] // batch_size)
+    if not layers or n == 0:
+        return 0
+    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[: n * batch_size].to(x.device)
+    model.train()
+    for k in range(n):
+        for m in layers:
+            m.momentum = 1.0 / (k + 1)
+        model(x[idx[k * batch_size : (k + 1) * batch_size]])
+    return n
+
+
 def eval_hook(state: State) -> None:
-    """Test (and val) loss and accuracy; tracks the best test accuracy."""
+    """Test (and val) loss and accuracy; tracks the best test accuracy.
+
+    With ``train.precise_bn`` > 0 it also logs ``precise_loss``/``precise_acc``:
+    the same evaluation after :func:`recompute_running_stats`, on a model whose
+    parameters, buffers, flags and RNG states are restored afterwards, so
+    training continues exactly as without it.
+    """
     d, t = state.data, state.cfg.train
     amp = t.amp and state.device.type == "cuda"
     rows = []
@@ -240,6 +314,15 @@ def eval_hook(state: State) -> None:
         loss, acc = evaluate(state.model, x, y, t.eval_batch_size, amp)
         rows += [(split, "loss", loss), (split, "acc", acc)]
         state.last_eval[f"{split}/loss"], state.last_eval[f"{split}/acc"] = loss, acc
+    if t.precise_bn > 0 and running_stat_layers(state.model):
+        from bnstudy.probes import preserved  # local: probes import this module
+
+        with preserved(state.model):
+            recompute_running_stats(state.model, d.train_x, t.precise_bn, t.batch_size, state.cfg.seed)
+            for split, x, y in splits:
+                loss, acc = evaluate(state.model, x, y, t.eval_batch_size, amp)
+                rows += [(split, "precise_loss", loss), (split, "precise_acc", acc)]
+                state.last_eval[f"{split}/precise_loss"], state.last_eval[f"{split}/precise_acc"] = loss, acc
     acc = state.last_eval["test/acc"]
     if math.isnan(state.best_acc) or acc > state.best_acc:
         state.best_acc = acc
@@ -330,7 +413,7 @@ def summary(state: State, status: str, params: int, started: float, **more: Any)
             "test/acc": state.last_eval.get("test/acc"),
             "test/loss": state.last_eval.get("test/loss"),
             "train/loss": state.last_train_loss,
-            **({"val/acc": state.last_eval["val/acc"]} if "val/acc" in state.last_eval else {}),
+            **{k: state.last_eval[k] for k in ("val/acc", "test/precise_acc", "val/precise_acc") if k in state.last_eval},
         },
         "best": {"test/acc": None if math.isnan(state.best_acc) else state.best_acc},
         "params": params,
@@ -362,6 +445,7 @@ def train_run(
     run_dir: Path,
     extra_hooks: list[Hook] | None = None,
     sweep_id: str | None = None,
+    stop: StopRequest | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg`` in ``run_dir`` (resuming from its checkpoint if one exists); return the summary.
 
@@ -427,11 +511,18 @@ def train_run(
     bar = _progress(cfg, state.step)
     status, more = "completed", {}
     try:
-        _loop(state, hooks, bar)
+        _loop(state, hooks, bar, stop)
     except Diverged as e:
         status, more = "diverged", {"diverged_at": e.step}
         state.step = e.step
         eval_hook_safe(state)
+    except Interrupted as e:
+        # stopped between two steps: a checkpoint of exactly this step loses no work, and the
+        # same command (or the cluster's requeue) resumes bit-for-bit
+        save_checkpoint(state)
+        state.log.close()
+        write_json(run_dir / "summary.json", summary(state, "interrupted", params, started, reason=e.reason, **ids))
+        raise
     except KeyboardInterrupt:
         # leave status running and the checkpoint in place: the same command resumes
         state.log.close()
@@ -459,7 +550,7 @@ def eval_hook_safe(state: State) -> None:
         pass
 
 
-def _loop(state: State, hooks: list[Hook], bar) -> None:
+def _loop(state: State, hooks: list[Hook], bar, stop: StopRequest | None = None) -> None:
     cfg, model, opt = state.cfg, state.model, state.optimizer
     x_all, y_all = state.data.train_x, state.data.train_y
     steps, augment = cfg.train.steps, cfg.data.augment
@@ -475,6 +566,8 @@ def _loop(state: State, hooks: list[Hook], bar) -> None:
     due = next_due(state.step)
     t_last = time.perf_counter()
     while state.step < steps:
+        if stop is not None and stop.reason is not None:
+            raise Interrupted(stop.reason, state.step)
         idx = state.batches.next()
         x, y = x_all[idx], y_all[idx]  # (B, C, H, W), (B,)
         if augment:
