@@ -216,7 +216,15 @@ def identity(cfg: dict[str, Any]) -> dict[str, Any]:
         if k not in NON_IDENTITY
         and k.split(".")[0] not in NON_IDENTITY
         and not (k in ADDED_KEYS and v == ADDED_KEYS[k])
+        and not (k == "train.precise_bn" and not _has_running_stats(flat.get("norm.name")))
     }
+
+
+def _has_running_stats(norm: Any) -> bool:
+    # precise BN changes nothing for a variant without running statistics, so it is not part of its identity
+    from bnstudy.norm import NORMS  # local: bnstudy.norm imports this module
+
+    return norm not in NORMS or NORMS[norm].running_stats
 
 
 def config_hash(cfg: dict[str, Any]) -> str:

@@ -142,6 +142,19 @@ def test_precise_bn_is_the_mean_of_batch_statistics():
     assert torch.allclose(bn.running_var, vars_.mean(0), atol=1e-5)
 
 
+def test_precise_bn_names_only_variants_with_running_statistics():
+    from bnstudy.norm import NORMS
+
+    with_stats = {n for n, v in NORMS.items() if v.running_stats}
+    assert with_stats == {"bn", "bn_noaffine", "bn_nograd", "bn_frozen", "noisy_bn"}
+    for norm in NORMS:
+        base = RunConfig.from_dict({"norm": {"name": norm}}).to_dict()
+        precise = RunConfig.from_dict({"norm": {"name": norm}, "train": {"precise_bn": 20}}).to_dict()
+        assert (run_name(base) != run_name(precise)) == (norm in with_stats), norm
+        net = build_model(ModelConfig(), NormConfig(name=norm), GREY, 10)
+        assert bool(running_stat_layers(net)) == (norm in with_stats), norm
+
+
 def test_precise_bn_skips_models_without_running_statistics(tmp_path, tmp_data):
     r = train_run(small(norm={"name": "affine"}, train={"steps": 20, "eval_every": 10, "log_every": 10, "progress": "off", "precise_bn": 3}), tmp_path / "r")
     assert "test/precise_acc" not in r["final"]

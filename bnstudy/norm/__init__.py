@@ -25,16 +25,17 @@ class Variant:
 
     build: Callable[[int, int, NormConfig], nn.Module]  # (num_features, dim, cfg) -> module
     shift: bool  # the layer adds its own learnable shift, so the layer before it needs no bias
+    running_stats: bool = False  # evaluates with running statistics (what train.precise_bn recomputes)
 
 
 NORMS: dict[str, Variant] = {}
 
 
-def register(name: str, shift: bool) -> Callable:
+def register(name: str, shift: bool, running_stats: bool = False) -> Callable:
     """Class/function decorator adding a variant to the registry under ``name``."""
 
     def deco(builder):
-        NORMS[name] = Variant(builder, shift)
+        NORMS[name] = Variant(builder, shift, running_stats)
         return builder
 
     return deco
@@ -72,7 +73,7 @@ def _shape(num_features: int, dim: int) -> tuple[int, ...]:
     return (1, num_features) if dim == 1 else (1, num_features, 1, 1)
 
 
-@register("bn", shift=True)
+@register("bn", shift=True, running_stats=True)
 def batchnorm(num_features: int, dim: int, cfg: NormConfig) -> nn.Module:
     """BatchNorm: y = γ (x − μ_B) / sqrt(σ_B² + ε) + β.
 

@@ -57,7 +57,7 @@ class _RunningStats(nn.Module):
         return f"{self.weight.numel()}, eps={self.eps}, momentum={self.momentum}"
 
 
-@register("bn_noaffine", shift=False)
+@register("bn_noaffine", shift=False, running_stats=True)
 def batchnorm_noaffine(num_features: int, dim: int, cfg: NormConfig) -> nn.Module:
     """Standardization only: y = (x − μ_B) / sqrt(σ_B² + ε); no γ, β.
 
@@ -102,7 +102,7 @@ class AffineDDI(nn.Module):
         return torch.addcmul(self.bias, self.weight, x)
 
 
-@register("bn_nograd", shift=True)
+@register("bn_nograd", shift=True, running_stats=True)
 class BatchNormNoGrad(_RunningStats):
     """BN with statistics held constant in backprop: y = γ (x − sg[μ_B]) / sqrt(sg[σ_B²] + ε) + β.
 
@@ -129,7 +129,7 @@ class BatchNormNoGrad(_RunningStats):
         return torch.addcmul(_per_channel(self.bias, x), _per_channel(self.weight, x), x_hat)
 
 
-@register("bn_frozen", shift=True)
+@register("bn_frozen", shift=True, running_stats=True)
 class BatchNormFrozen(_RunningStats):
     """BN whose statistics freeze: y = γ (x − μ_B) / sqrt(σ_B² + ε) + β for the first ``freeze_after`` training forwards, then y = γ (x − μ_run) / sqrt(σ²_run + ε) + β.
 
@@ -159,7 +159,7 @@ class BatchNormFrozen(_RunningStats):
         return super().extra_repr() + f", freeze_after={self.freeze_after}"
 
 
-@register("noisy_bn", shift=True)
+@register("noisy_bn", shift=True, running_stats=True)
 class NoisyBatchNorm(_RunningStats):
     """BN plus random per-channel scale and shift in training: y = s_c · (γ x̂ + β) + m_c.
 
