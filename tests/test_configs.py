@@ -43,7 +43,8 @@ def test_experiment_runs(name, tmp_path, tmp_data):
     assert text[1].startswith("# Hypothesis"), "an experiment's second comment states its hypothesis"
     cfg = compose([f"experiment={name}"])
     shape = ["data.channels=3", "data.size=32"] if str(cfg.data.name).startswith("cifar") else []
-    cfg = compose([f"experiment={name}", "data.name=synthetic", *shape, f"out_dir={tmp_path}", *SHRINK])
+    val = ["data.val_size=256"] if compose([f"experiment={name}"]).data.val_size else []  # synthetic has 2,048 examples
+    cfg = compose([f"experiment={name}", "data.name=synthetic", *shape, *val, f"out_dir={tmp_path}", *SHRINK])
     assert cfg.study == name
     assert run_job(cfg) == "completed"
     assert len(run_dirs(tmp_path)) == 1
