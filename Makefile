@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 MIRROR_DEFAULT := $(abspath ../shared/datasets)
 export BNSTUDY_DATA_MIRROR ?= $(if $(wildcard $(MIRROR_DEFAULT)/README.md),$(MIRROR_DEFAULT),)
 
-.PHONY: venv run test test-fast bench studies clean
+.PHONY: venv run test test-fast test-cluster bench studies clean
 
 STUDIES := ioffe_mnist lr_sensitivity depth fashion_cnn maxpool_shift cifar_vgg
 JOBS ?= 2
@@ -19,10 +19,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,tensorboard]'
 	touch $(STAMP)
 
+# the quickstart, trained into an untracked folder and compared with the committed runs;
+# a second `make run` trains nothing (finished runs are skipped)
+QUICKSTART := runs/quickstart
+
 run: $(STAMP)
-	$(BIN)/bnstudy-train -m experiment=quickstart
-	$(BIN)/bnstudy-report results/quickstart
-	@echo "report: results/quickstart/report.md"
+	$(BIN)/bnstudy-train -m experiment=quickstart out_dir=$(QUICKSTART)
+	$(BIN)/bnstudy-report $(QUICKSTART)
+	@echo "report: $(QUICKSTART)/report.md"
+	$(BIN)/bnstudy-runs $(QUICKSTART) --compare results/quickstart
 
 # every study in experiments/, JOBS at a time; resumable: run it again to continue
 studies: $(STAMP)
@@ -36,6 +41,12 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# sweeps on a real SLURM: start a single-node cluster on loopback (root, Debian, apt), run the
+# cluster tests, stop the cluster again (by its pid files) whatever the tests' outcome
+test-cluster: $(STAMP)
+	bash scripts/slurm_local.sh start
+	$(BIN)/python -m pytest -q -m cluster tests/test_cluster.py; rc=$$?; bash scripts/slurm_local.sh stop; exit $$rc
 
 bench: $(STAMP)
 	$(BIN)/bnstudy-bench

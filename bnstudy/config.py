@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -207,13 +209,33 @@ ADDED_KEYS: dict[str, Any] = {
 }
 
 
+# Keys that act only under one option (key -> (option key, value)). Every config
+# holds them since RunConfig became the schema of the Hydra config; under any
+# other option they are left out, as they were when only that option's YAML set them.
+ONLY_WITH: dict[str, tuple[str, Any]] = {
+    "sched.milestones": ("sched.name", "step"),
+    "sched.gamma": ("sched.name", "step"),
+}
+
+
+def _canonical(key: str, value: Any) -> Any:
+    # The schema makes optim.lr a float; before it, an integral learning rate typed
+    # on the command line (the committed lr1, lr3, lr10 runs) was hashed as an int.
+    # Hashing integral rates as ints keeps those names, and optim.lr=1 and
+    # optim.lr=1.0 name the same run.
+    if key == "optim.lr" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def identity(cfg: dict[str, Any]) -> dict[str, Any]:
     """The flat subset of a config dict that determines a run's results (seed aside)."""
     flat = _flatten({k: v for k, v in cfg.items() if k != "hydra"})
     return {
-        k: v
+        k: _canonical(k, v)
         for k, v in sorted(flat.items())
         if k not in NON_IDENTITY
+        and not (k in ONLY_WITH and flat.get(ONLY_WITH[k][0]) != ONLY_WITH[k][1])
         and k.split(".")[0] not in NON_IDENTITY
         and not (k in ADDED_KEYS and v == ADDED_KEYS[k])
         and not (k == "train.precise_bn" and not _has_running_stats(flat.get("norm.name")))
@@ -241,19 +263,36 @@ def run_name(cfg: dict[str, Any]) -> str:
     """Deterministic run folder name, relative to out_dir: readable factors + hash, then the seed.
 
     Example: ``mnist-mlp-bn-sgd-lr0.01-bs60-5d1c2e4a/seed0``.
+
+    The name becomes a path, so it is built only from checked values: option
+    names of letters, digits and ``_``, a finite number for the learning rate
+    and integers for the batch size and seed; anything else is a
+    :class:`ConfigError` before any folder exists.
     """
     g = lambda *ks: _get(cfg, ks)  # noqa: E731
-    readable = "-".join(
-        [
-            str(g("data", "name")),
-            str(g("model", "name")),
-            str(g("norm", "name")),
-            str(g("optim", "name")),
-            "lr" + _fmt(g("optim", "lr")),
-            "bs" + _fmt(g("train", "batch_size")),
-        ]
-    )
-    return f"{readable}-{config_hash(cfg)}/seed{g('seed')}"
+    names = [_safe_name(k, g(*k.split("."))) for k in ("data.name", "model.name", "norm.name", "optim.name")]
+    lr = _number("optim.lr", g("optim", "lr"), (int, float))
+    bs = _number("train.batch_size", g("train", "batch_size"), (int,))
+    seed = _number("seed", g("seed"), (int,))
+    readable = "-".join([*names, "lr" + _fmt(lr), "bs" + _fmt(bs)])
+    return f"{readable}-{config_hash(cfg)}/seed{seed}"
+
+
+_NAME = re.compile(r"[A-Za-z0-9_]+")
+
+
+def _safe_name(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        group = key.split(".")[0]
+        raise ConfigError(f"{key}={value!r} is not a {group} option name (letters, digits and _ only); pick one with {group}=NAME")
+    return value
+
+
+def _number(key: str, value: Any, types: tuple[type, ...]) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, types) or not math.isfinite(value):
+        kind = "an integer" if types == (int,) else "a finite number"
+        raise ConfigError(f"{key} must be {kind} (got {value!r})")
+    return value
 
 
 def _get(cfg: dict[str, Any], keys: tuple[str, ...]) -> Any:
@@ -286,4 +325,6 @@ def factors(cfg: RunConfig) -> dict[str, Any]:
         "pool": cfg.model.pool,
         "augment": cfg.data.augment,
         "study": cfg.study,
+        # only where it acts: other variants' runs must not split into groups by a key they ignore
+        "freeze_after": cfg.norm.freeze_after if cfg.norm.name == "bn_frozen" else None,
     }

@@ -11,3 +11,7 @@ class ConfigError(BnstudyError):
 
 class DataError(BnstudyError):
     """A dataset that cannot be found, read or trusted."""
+
+
+class CheckpointError(BnstudyError):
+    """A run folder's checkpoint that cannot be resumed from (corrupt, foreign or not a bnstudy checkpoint)."""

@@ -1,4 +1,4 @@
-"""Opt-in probes: activation statistics per norm site, and loss-landscape smoothness.
+"""Opt-in probes: activation statistics and weight scale per norm site, and loss-landscape smoothness.
 
 :func:`probe_hook` runs every ``probe.every`` steps (and at the last step) when
 ``probe.every > 0``; with ``probe.every == 0`` it is never registered and costs
@@ -30,6 +30,31 @@ forward order. Per site ``layer{i}``:
 - ``layer{i}/grad_norm``: L2 norm of the weight gradient of the Linear/Conv
   layer feeding the norm (the last weighted module called before it), from the
   last optimizer step; absent when that layer has no gradient.
+- ``layer{L}/unit{u}/{pre,post}/{p15,p50,p85}``, L the last norm site (the last
+  hidden layer), u in :data:`UNITS` (0-3, those the layer has): the 15/50/85th
+  percentiles of one unit's (feature's or channel's) input and output, over the
+  probe batch (and spatial positions). Ioffe & Szegedy's Fig. 1(b, c) follows
+  one unit this way; the pooled ``pre``/``post`` rows above average per-unit
+  drift away. ``post`` is what enters the unit's activation.
+
+Weight probe, on the same layers (the weight feeding ``layer{i}``'s norm; its
+bias, if any, is left out). ‖·‖ is the Frobenius norm of the whole weight
+tensor; k is the number of steps since the previous probe (``probe.every``, or
+fewer at the last step):
+
+- ``layer{i}/weight_norm``: ‖W_t‖.
+- ``layer{i}/eff_step``: ‖W_t − W_{t−k}‖ / ‖W_{t−k}‖ / k, the relative change of
+  the weights per step over the probe interval. W_{t−k} is kept in the run's
+  checkpointed hook state (``state.extra``), so a resumed run logs the same
+  values as an uninterrupted one. Absent at the first probe (no W_{t−k} yet).
+- ``layer{i}/eff_lr``: lr / ‖W_t‖² (lr: the current learning rate), only where
+  the norm makes the loss invariant to the scale of W (:func:`scale_invariant`):
+  there W and cW compute the same function and the gradient at cW is 1/c times
+  the gradient at W, so a step of lr at ‖W‖ moves the direction of W as a step
+  of lr/‖W‖² at ‖W‖ = 1 would (van Laarhoven 2017; Arora, Li & Lyu 2019). The
+  invariance holds per unit (each row of W), so this layer-wide value is the
+  per-unit effective rate divided by the number of units, up to how unequal
+  the row norms are; compare it across rates and steps, not across layers.
 
 Landscape probe (Santurkar et al. 2018, §3), when ``probe.landscape`` is true.
 On one fixed training batch (``train.batch_size`` examples drawn from a
@@ -42,7 +67,7 @@ loss L(θ') and gradient g' at θ' = θ − η g:
 - ``landscape/grad_change``: max ‖g' − g‖ ("gradient predictiveness");
 - ``landscape/beta_smooth``: max ‖g' − g‖ / ‖θ' − θ‖ ("effective β-smoothness").
 
-Neither probe changes anything training depends on: parameters, gradients,
+No probe changes anything training depends on: parameters, gradients,
 buffers (BN running statistics, counters), plain numeric module attributes,
 module train/eval flags and the torch/CUDA/Python RNG states are snapshotted
 and restored, so a run with probes logs the same train/test rows as one
@@ -68,12 +93,20 @@ STAT_NAMES = ("mean", "std", "p15", "p50", "p85", "ch_absmean", "ch_std")
 # |x| beyond which a sigmoid/tanh unit counts as saturated (sigmoid'(4) ≈ 0.018, tanh'(2) ≈ 0.07)
 SATURATION = {"sigmoid": 4.0, "tanh": 2.0}
 LANDSCAPE_ETAS = (0.25, 0.5, 1.0, 2.0, 4.0)  # multiples of the learning rate
+UNITS = (0, 1, 2, 3)  # units of the last norm site followed one by one (Ioffe & Szegedy Fig. 1(b, c))
+PREV_WEIGHTS = "probe/weights"  # state.extra key: {"step": t, "weights": {"layer{i}": W_t}} of the last probe
+# Variants that standardize each feature with the current batch's statistics: the
+# output is unchanged by W -> cW (c > 0), and a per-feature bias of the feeding layer cancels too.
+BATCH_STANDARDIZING = frozenset({"bn", "bn_noaffine", "bn_nograd", "bn_frozen", "noisy_bn"})
+# Variants that standardize each example over its features: invariant to W -> cW only without a bias.
+EXAMPLE_STANDARDIZING = frozenset({"layernorm", "groupnorm"})
 
 
 def probe_hook(state: State) -> None:
-    """Write the activation probe (and, if configured, the landscape probe) rows for this step."""
+    """Write the activation and weight probe (and, if configured, the landscape probe) rows for this step."""
     model = getattr(state.model, "_orig_mod", state.model)  # probe the eager module, never a compiled graph
-    rows = activation_probe(state, model)
+    rows, feeders = _activation_pass(state, model)
+    rows += weight_probe(state, feeders)
     if state.cfg.probe.landscape:
         rows += landscape_probe(state, model)
     state.log.write(state.step, rows, state.train_seconds)
@@ -137,6 +170,23 @@ def _weighted_modules(model: nn.Module) -> list[nn.Module]:
 
 def activation_probe(state: State, model: nn.Module) -> list[tuple[str, str, float]]:
     """Per-norm-site activation, parameter and gradient rows on the fixed probe batch."""
+    return _activation_pass(state, model)[0]
+
+
+def unit_stats(x: torch.Tensor, units: tuple[int, ...] = UNITS) -> dict[int, dict[str, torch.Tensor]]:
+    """{u: {p15, p50, p85}}: percentiles of feature/channel u of (B, C) or (B, C, H, W) over batch and space."""
+    x = x.detach().float()
+    out: dict[int, dict[str, torch.Tensor]] = {}
+    for u in (u for u in units if u < x.shape[1]):
+        q = quantiles(x[:, u].reshape(-1), QUANTILES)
+        out[u] = {f"p{round(100 * p)}": q[j] for j, p in enumerate(QUANTILES)}
+    return out
+
+
+def _activation_pass(
+    state: State, model: nn.Module
+) -> tuple[list[tuple[str, str, float]], dict[str, tuple[nn.Module, nn.Module]]]:
+    """The activation rows, and per site ``layer{i}`` its (norm module, feeding weighted module)."""
     cfg = state.cfg
     x = state.data.test_x[: cfg.probe.batch_size]  # fixed across steps and runs: (B, C, H, W)
     act = cfg.model.activation
@@ -156,6 +206,10 @@ def activation_probe(state: State, model: nn.Module) -> list[tuple[str, str, flo
             sat = saturated_fraction(out, act)
             if sat is not None:
                 s["sat_frac"] = sat
+            if i == len(sites) - 1:  # the last hidden layer: a few units one by one
+                for side, t in (("pre", args[0]), ("post", out)):
+                    for u, qs in unit_stats(t).items():
+                        s.update({f"unit{u}/{side}/{q}": v for q, v in qs.items()})
             stats[i] = s
             if last_weighted[0] is not None:
                 feeder[i] = last_weighted[0]
@@ -198,6 +252,57 @@ def activation_probe(state: State, model: nn.Module) -> list[tuple[str, str, flo
             if w is not None and w.grad is not None:
                 tensors.append((f"{layer}/grad_norm", w.grad.detach().float().norm()))
     values = torch.stack([v.reshape(()).float() for _, v in tensors]).cpu().tolist() if tensors else []  # one host sync
+    feeders = {f"layer{i + 1}": (m, feeder[i]) for i, (_, m) in enumerate(sites) if i in feeder}
+    return [(SPLIT, name, v) for (name, _), v in zip(tensors, values)], feeders
+
+
+# ---------------------------------------------------------------- weight probe
+
+
+def scale_invariant(norm: nn.Module, feeder: nn.Module) -> bool:
+    """Whether ``norm``'s training output is unchanged when ``feeder.weight`` is scaled by any c > 0.
+
+    True for the variants that standardize with statistics of their current
+    input (:data:`BATCH_STANDARDIZING`, :data:`EXAMPLE_STANDARDIZING`), up to
+    their ε: (cWx − μ(cWx)) / σ(cWx) = (Wx − μ(Wx)) / σ(Wx). Per-feature batch
+    statistics also cancel a bias of the feeding layer; per-example ones do not,
+    so layernorm/groupnorm count only when the feeding layer has none. Not for
+    ``bn_frozen`` once frozen (fixed running statistics: the output scales with
+    W), nor for ``affine``, ``affine_ddi`` and ``none``. ``bn_nograd`` counts:
+    its forward is BN's, and its gradient, with μ, σ held constant, also
+    scales as 1/c, so lr/‖W‖² is its effective rate as well; but that gradient
+    is not orthogonal to W, so, unlike under ``bn``, plain SGD need not make ‖W‖
+    grow.
+    """
+    kind = getattr(norm, "norm_kind", None)
+    if getattr(norm, "frozen", False):
+        return False
+    if kind in BATCH_STANDARDIZING:
+        return True
+    return kind in EXAMPLE_STANDARDIZING and getattr(feeder, "bias", None) is None
+
+
+@torch.no_grad()
+def weight_probe(state: State, feeders: dict[str, tuple[nn.Module, nn.Module]]) -> list[tuple[str, str, float]]:
+    """``weight_norm``, ``eff_step`` and ``eff_lr`` rows per site; keeps W_t in ``state.extra`` for the next probe."""
+    prev = state.extra.get(PREV_WEIGHTS) or {"step": None, "weights": {}}
+    k = state.step - prev["step"] if prev["step"] is not None else 0
+    lr = state.lr()
+    tensors: list[tuple[str, torch.Tensor]] = []
+    current: dict[str, torch.Tensor] = {}
+    for layer, (norm, feeder) in feeders.items():
+        w = feeder.weight.detach()
+        w_norm = w.float().norm()
+        tensors.append((f"{layer}/weight_norm", w_norm))
+        old = prev["weights"].get(layer)
+        if k > 0 and old is not None and old.shape == w.shape:
+            old = old.to(w.device).float()
+            tensors.append((f"{layer}/eff_step", (w.float() - old).norm() / old.norm() / k))
+        if scale_invariant(norm, feeder):
+            tensors.append((f"{layer}/eff_lr", lr / w_norm.square()))
+        current[layer] = w.clone()
+    state.extra[PREV_WEIGHTS] = {"step": state.step, "weights": current}
+    values = torch.stack([v.reshape(()) for _, v in tensors]).cpu().tolist() if tensors else []  # one host sync
     return [(SPLIT, name, v) for (name, _), v in zip(tensors, values)]
 
 

@@ -22,11 +22,15 @@ DONE = ("completed", "diverged")
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temp file + rename, so readers never see half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temp file behind
+        raise
 
 
 def _finite(obj: Any) -> Any:
@@ -135,3 +139,125 @@ class RunLock:
 def now() -> float:
     """Wall-clock time, for the ``updated`` field of summaries."""
     return time.time()
+
+
+# ---------------------------------------------------------------- damage checks
+
+STATUSES = ("completed", "diverged", "failed", "interrupted", "running")
+# summary.json keys and the JSON types their values must have (None allowed where a value may be missing)
+_NUMBER = (int, float)
+_SUMMARY_TYPES: dict[str, tuple[type, ...]] = {
+    "status": (str,),
+    "step": (int,),
+    "final": (dict,),
+    "best": (dict,),
+    "params": (int,),
+    "seconds": _NUMBER,
+    "ms_per_step": _NUMBER,
+    "factors": (dict,),
+}
+
+
+def _is(value: Any, types: tuple[type, ...]) -> bool:
+    return isinstance(value, types) and not isinstance(value, bool)  # JSON true is not a number
+
+
+def summary_problems(s: Any) -> list[str]:
+    """What is wrong with a summary.json's content: missing keys, values of the wrong type."""
+    if not isinstance(s, dict):
+        return ["summary.json is not a JSON object"]
+    out = []
+    for key, types in _SUMMARY_TYPES.items():
+        if key not in s:
+            out.append(f"summary.json has no '{key}'")
+        elif not _is(s[key], types):
+            out.append(f"summary.json '{key}' is {type(s[key]).__name__}, expected {' or '.join(t.__name__ for t in types)}")
+    if isinstance(s.get("status"), str) and s["status"] not in STATUSES:
+        out.append(f"summary.json status '{s['status']}' is none of {', '.join(STATUSES)}")
+    if _is(s.get("step"), (int,)) and s["step"] < 0:
+        out.append(f"summary.json step is {s['step']}")
+    for block in ("final", "best"):
+        for k, v in (s.get(block) or {}).items() if isinstance(s.get(block), dict) else ():
+            if v is not None and not _is(v, _NUMBER):
+                out.append(f"summary.json {block} '{k}' is {type(v).__name__}, expected a number or null")
+    if "provenance" in s and not isinstance(s["provenance"], dict):
+        out.append("summary.json 'provenance' is not an object")
+    return out
+
+
+def _same(recorded: Any, logged: float) -> bool:
+    # summary.json writes non-finite numbers as null; metrics.csv writes repr(float), so finite values match exactly
+    if recorded is None:
+        return not math.isfinite(logged)
+    return math.isfinite(logged) and float(recorded) == logged
+
+
+def metrics_problems(path: Path, s: dict[str, Any]) -> list[str]:
+    """What is wrong with a finished run's metrics.csv, read against its summary ``s``."""
+    if not path.exists():
+        return ["metrics.csv is missing"]
+    last: dict[tuple[str, str], float] = {}
+    best = math.nan
+    seen: set[tuple[int, str, str]] = set()
+    prev_step, n = -1, 0
+    try:
+        with open(path, newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header != METRICS_HEADER:
+                return [f"metrics.csv header is {header}, expected {','.join(METRICS_HEADER)}"]
+            for n, row in enumerate(reader, start=2):
+                if len(row) != len(METRICS_HEADER):
+                    return [f"metrics.csv line {n} has {len(row)} field(s), expected {len(METRICS_HEADER)} (cut short?)"]
+                try:
+                    step, value, _ = int(row[0]), float(row[3]), float(row[4])
+                except ValueError:
+                    return [f"metrics.csv line {n} does not parse: {','.join(row)[:80]}"]
+                split, metric = row[1], row[2]
+                if not split or not metric:
+                    return [f"metrics.csv line {n} has an empty split or metric"]
+                if step < prev_step:
+                    return [f"metrics.csv line {n}: step {step} after step {prev_step} (rows out of order)"]
+                if (step, split, metric) in seen:
+                    return [f"metrics.csv line {n}: duplicate row for step {step} {split}/{metric}"]
+                seen.add((step, split, metric))
+                prev_step = step
+                last[(split, metric)] = value
+                if (split, metric) == ("test", "acc") and math.isfinite(value) and not value <= best:
+                    best = value
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        return [f"metrics.csv is unreadable ({e})"]
+    out = []
+    step = s.get("step")
+    if prev_step != step:
+        out.append(f"metrics.csv ends at step {prev_step if n else 'none (no rows)'}, summary.json says {step}")
+    for key, recorded in (s.get("final") or {}).items():
+        split, _, metric = key.partition("/")
+        if (split, metric) not in last:
+            if recorded is not None:
+                out.append(f"summary.json final {key} = {recorded} but metrics.csv has no {key} row")
+        elif not _same(recorded, last[(split, metric)]):
+            out.append(f"summary.json final {key} = {recorded}, metrics.csv's last is {last[(split, metric)]!r}")
+    recorded_best = (s.get("best") or {}).get("test/acc")
+    if recorded_best is not None and not (math.isfinite(best) and float(recorded_best) == best):
+        out.append(f"summary.json best test/acc = {recorded_best}, metrics.csv's best is {best!r}")
+    return out
+
+
+def check_run(run_dir: Path, s: dict[str, Any] | None = None) -> list[str]:
+    """Everything found damaged in a run folder (empty: intact). Only finished runs' metrics are checked.
+
+    A finished run (completed or diverged) must have a metrics.csv with the header,
+    parsable rows in step order, no duplicate (step, split, metric), a last step
+    equal to the summary's, and last values equal to the summary's final and best.
+    """
+    run_dir = Path(run_dir)
+    if s is None:
+        try:
+            s = json.loads((run_dir / "summary.json").read_text())
+        except (OSError, ValueError) as e:
+            return [f"summary.json is unreadable ({e})"]
+    problems = summary_problems(s)
+    if problems or s.get("status") not in DONE:
+        return problems
+    return metrics_problems(run_dir / "metrics.csv", s)

@@ -25,8 +25,25 @@ ACC = {
 BN_MEAN, BN_HALF = 0.93, 4.3026527 * 0.0360555 / math.sqrt(3)
 
 
-def write_run(root: Path, norm: str, seed: int, accs: list[float], status: str = "completed", lr: float = 0.1, **more) -> Path:
-    """A run folder as train_run leaves it: summary.json and a tidy metrics.csv."""
+def write_run(
+    root: Path,
+    norm: str,
+    seed: int,
+    accs: list[float],
+    status: str = "completed",
+    lr: float = 0.1,
+    val: float | None = None,
+    precise: float | None = None,
+    extra_factors: dict | None = None,
+    **more,
+) -> Path:
+    """A run folder as train_run leaves it: summary.json and a tidy metrics.csv.
+
+    ``val``/``precise``: a final validation / precise-statistics test accuracy
+    (as with data.val_size > 0 / train.precise_bn > 0); ``extra_factors`` are
+    added to (or replace) the factors, which otherwise lack init and pool like
+    the committed runs.
+    """
     d = root / f"synthetic-mlp-{norm}-lr{lr}" / f"seed{seed}"
     d.mkdir(parents=True)
     rows = ["step,split,metric,value,seconds"]
@@ -34,17 +51,25 @@ def write_run(root: Path, norm: str, seed: int, accs: list[float], status: str =
         step = 10 * (i + 1)
         sec = 0.1 * step
         loss = 2.0 * (1 - acc) + 0.01
-        rows += [f"{step},train,loss,{loss},{sec}", f"{step},train,lr,{lr},{sec}", f"{step},test,acc,{acc},{sec}", f"{step},test,loss,{loss},{sec}"]
+        rows += [f"{step},train,loss,{loss},{sec}", f"{step},train,lr,{lr},{sec}", f"{step},test,acc,{acc},{sec}"]
+        if val is not None:
+            rows.append(f"{step},val,acc,{val},{sec}")
+        if precise is not None:
+            rows.append(f"{step},test,precise_acc,{precise},{sec}")
     (d / "metrics.csv").write_text("\n".join(rows) + "\n")
     factors = {
         "data": "synthetic", "model": "mlp", "norm": norm, "optim": "sgd", "lr": lr, "momentum": 0.0, "weight_decay": 0.0,
         "sched": "constant", "batch_size": 32, "steps": 30, "seed": seed, "depth": 3, "width": 16, "activation": "sigmoid",
-        "augment": False, "study": "",
+        "augment": False, "study": "", **(extra_factors or {}),
     }  # fmt: skip
+    # as train_run writes it: the last logged values (no test-loss rows here, so test/loss is null)
+    final = {"test/acc": accs[-1] if accs else None, "test/loss": None, "train/loss": 2.0 * (1 - accs[-1]) + 0.01 if accs else None}
+    final.update({"val/acc": val} if val is not None else {})
+    final.update({"test/precise_acc": precise} if precise is not None else {})
     summary = {
         "status": status,
         "step": 10 * len(accs),
-        "final": {"test/acc": accs[-1] if accs else None, "test/loss": None, "train/loss": 0.5},
+        "final": final,
         "best": {"test/acc": max(accs) if accs else None},
         "params": 1000 if norm == "none" else 1100,
         "seconds": 0.1 * 10 * len(accs),
@@ -113,7 +138,7 @@ def test_load_metrics_long_table_joined_with_factors(loaded) -> None:
     assert {"norm", "lr", "seed", "status"} <= set(metrics.columns)
     aff0 = metrics[metrics["run"] == "synthetic-mlp-affine-lr0.1/seed0"]
     assert aff0["step"].max() == 30  # truncated "40,tes" line dropped, the rest kept
-    assert len(aff0) == 12
+    assert len(aff0) == 9
 
 
 def test_unreadable_metrics_skip_with_warning(results: Path) -> None:
@@ -261,3 +286,137 @@ def test_probe_table_first_and_last_step_mean_over_seeds():
     assert row["sat_frac"] == pytest.approx(2.0 * 30)  # mean of 1x and 3x
     assert t[(t.site == "pool1") & (t.step == 10)].iloc[0]["pool/mean"] == pytest.approx(20.0)
     assert aggregate.probe_table(pd.DataFrame(rows[-1:]), ["norm"]).empty
+
+
+def test_t_quantile_matches_the_closed_form_it_replaced() -> None:
+    # Student's t with 1 and 2 degrees of freedom in closed form: F(t) = 1/2 + atan(t)/π and 1/2 + t / (2 sqrt(2 + t²))
+    for level in (0.5, 0.9, 0.95, 0.99):
+        assert A.t_quantile(level, 1) == pytest.approx(math.tan(math.pi * level / 2), rel=1e-12)
+        q = (1 + level) / 2
+        assert A.t_quantile(level, 2) == pytest.approx((2 * q - 1) * math.sqrt(2 / (1 - (2 * q - 1) ** 2)), rel=1e-12)
+    assert math.isnan(A.t_quantile(0.95, 0))
+
+
+def test_welch_by_hand() -> None:
+    a, b = [0.90, 0.92, 0.97], [0.80, 0.85]
+    va, vb = 0.0013 / 3, 0.00125 / 2  # variance of each mean: s²/n
+    se, df = math.sqrt(va + vb), (va + vb) ** 2 / (va**2 / 2 + vb**2 / 1)  # Welch–Satterthwaite
+    w = A.welch(a, b)
+    assert w.diff == pytest.approx(0.105) and w.df == pytest.approx(df)
+    assert w.hi - w.diff == pytest.approx(A.t_quantile(0.95, df) * se) and w.diff - w.lo == pytest.approx(w.hi - w.diff)
+    # the p-value and the interval agree: the (1 − p) interval ends at zero
+    assert A.welch(a, b, level=1 - w.p).lo == pytest.approx(0.0, abs=1e-9)
+    assert 0.05 < w.p < 0.1  # t = 3.23 on 2.3 degrees of freedom
+    assert A.welch(b, a).diff == pytest.approx(-0.105) and A.welch(b, a).p == pytest.approx(w.p)
+    one = A.welch([0.5], b)  # one seed: a difference, no interval, no p
+    assert one.diff == pytest.approx(-0.325) and math.isnan(one.lo) and math.isnan(one.p)
+    assert math.isnan(A.welch([], b).diff)
+    assert A.welch([0.9, float("nan"), 0.92, None, 0.97], b) == w  # non-finite values are left out
+
+
+def test_holm_by_hand() -> None:
+    # sorted 0.005, 0.01, 0.03, 0.04 over m = 4: x4, x3, x2, x1, never below the previous one
+    adj = A.holm([0.01, 0.04, 0.03, float("nan"), 0.005])
+    assert adj[[0, 1, 2, 4]] == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert math.isnan(adj[3])
+    assert A.holm([0.6, 0.5]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert len(A.holm([])) == 0
+
+
+def test_differences_vs_reference(loaded) -> None:
+    runs, _ = loaded
+    d = A.differences(runs).set_index(["norm", "metric"])
+    assert set(d.index) == {("affine", "final_test_acc"), ("affine", "best_test_acc"), ("none", "final_test_acc"), ("none", "best_test_acc")}
+    aff = d.loc[("affine", "final_test_acc")]  # finished: 0.6 and the diverged 0.2, vs bn 0.90, 0.92, 0.97
+    w = A.welch([0.6, 0.2], [0.90, 0.92, 0.97])
+    assert aff["reference"] == "bn" and (aff["n"], aff["n_ref"]) == (2, 3)
+    assert aff["diff"] == pytest.approx(0.4 - BN_MEAN) and aff["diff_lo"] == pytest.approx(w.lo) and aff["p"] == pytest.approx(w.p)
+    assert aff["p_holm"] == pytest.approx(w.p)  # none's p is NaN (one seed), so the family is this one test
+    none = d.loc[("none", "final_test_acc")]
+    assert none["diff"] == pytest.approx(0.91 - BN_MEAN) and math.isnan(none["p"]) and math.isnan(none["p_holm"])
+    other = A.differences(runs, reference="affine").set_index(["norm", "metric"])
+    assert other.loc[("bn", "final_test_acc"), "diff"] == pytest.approx(BN_MEAN - 0.4)
+    assert A.differences(runs, reference="layernorm").empty  # no such runs: nothing to compare
+
+
+def test_differences_match_the_setting_and_correct_per_column(tmp_path: Path) -> None:
+    for lr, base in ((0.1, 0.90), (1.0, 0.80)):
+        for seed in range(3):
+            write_run(tmp_path, "bn", seed, [base + 0.01 * seed], lr=lr)
+            write_run(tmp_path, "affine", seed, [base - 0.05 + 0.02 * seed], lr=lr, precise=base + 0.01 * seed)
+    for seed in range(2):
+        write_run(tmp_path, "none", seed, [0.5 + 0.01 * seed], lr=3.0)  # no bn at lr 3: no comparison
+    runs = A.load_runs(tmp_path)
+    d = A.differences(runs)
+    assert list(d.columns[:2]) == ["norm", "lr"] and set(d["norm"]) == {"affine"}
+    fin = d[d["metric"] == "final_test_acc"].set_index("lr")
+    assert fin.loc[0.1, "diff"] == pytest.approx(-0.04) and fin.loc[1.0, "diff"] == pytest.approx(-0.04)
+    assert fin.loc[0.1, "ref_mean"] == pytest.approx(0.91) and fin.loc[1.0, "ref_mean"] == pytest.approx(0.81)
+    assert fin["p_holm"].tolist() == pytest.approx(A.holm(fin["p"]).tolist())  # a family of two
+    assert (fin["p_holm"] > fin["p"]).all()
+    # bn has no precise accuracy, so precise rows need a reference that has it
+    assert "final_test_precise_acc" not in set(d["metric"])
+    s = A.summary_table(runs, A.load_metrics(tmp_path, runs)).set_index(["norm", "lr"])
+    assert s.loc[("affine", 0.1), "final_test_precise_acc"] == pytest.approx(0.91)
+    assert s.loc[("affine", 0.1), "final_test_precise_acc_hi"] - 0.91 == pytest.approx(A.t_quantile(0.95, 2) * 0.01 / math.sqrt(3))
+    assert math.isnan(s.loc[("bn", 0.1), "final_test_precise_acc"]) and math.isnan(s.loc[("bn", 0.1), "final_val_acc"])
+
+
+def test_missing_init_and_pool_read_as_the_old_defaults(tmp_path: Path) -> None:
+    write_run(tmp_path / "old", "bn", 0, [0.9])  # a committed run: its factors predate init and pool
+    write_run(tmp_path / "new", "bn", 1, [0.9], extra_factors={"init": "default", "pool": "max"})
+    write_run(tmp_path / "new", "affine", 0, [0.8], extra_factors={"init": "he", "pool": "avg"})
+    runs = A.load_runs(tmp_path).set_index("run")
+    assert runs.loc["old/synthetic-mlp-bn-lr0.1/seed0", ["init", "pool"]].tolist() == ["default", "max"]
+    assert runs.loc["new/synthetic-mlp-affine-lr0.1/seed0", ["init", "pool"]].tolist() == ["he", "avg"]
+    bn = A.load_runs(tmp_path)[lambda r: r["norm"] == "bn"]
+    assert "init" not in A.varying_factors(bn) and "pool" not in A.varying_factors(bn)  # old and new bn: one group
+    assert len(A.summary_table(bn, A.load_metrics(tmp_path, bn))) == 1
+    assert A.group_columns(A.load_runs(tmp_path)) == ["norm", "init", "pool"]
+
+
+def make_lr_sweep(root: Path) -> Path:
+    """bn and affine over learning rates, with a validation split; val and test disagree on affine's best rate.
+
+    Test accuracy at steps 10, 20, 30 (target 0.9) and a final validation accuracy per run.
+    """
+    for seed in range(3):
+        e = 0.01 * seed
+        write_run(root, "bn", seed, [0.5, 0.88 + e, 0.90 + e], lr=0.1, val=0.90 + e)
+        write_run(root, "bn", seed, [0.8, 0.92 + e, 0.93 + e], lr=1.0, val=0.95 + e)  # bn's choice
+        write_run(root, "affine", seed, [0.91 + e, 0.92, 0.92 + e], lr=0.1, val=0.85 + e)  # affine's choice
+        write_run(root, "affine", seed, [0.5, 0.7, 0.96 + e], lr=1.0, val=0.80 + e)  # best on test: must not be chosen
+        if seed < 2:  # best on validation for the seeds that survived, but one of three diverged
+            write_run(root, "affine", seed, [0.5, 0.6, 0.7], lr=3.0, val=0.99)
+    write_run(root, "affine", 2, [0.5], lr=3.0, status="diverged", diverged_at=12)
+    return root
+
+
+def test_rates_are_chosen_on_validation_not_test(tmp_path: Path) -> None:
+    runs = A.load_runs(make_lr_sweep(tmp_path))
+    metrics = A.load_metrics(tmp_path, runs)
+    choice = A.choose_rates(runs).set_index("norm")
+    assert choice.loc["bn", "lr"] == 1.0 and choice.loc["affine", "lr"] == 0.1
+    assert choice.loc["affine", "val_acc"] == pytest.approx(0.86) and choice.loc["affine", "rates"] == 3
+    assert choice.loc["bn", "val_runs"] == 3 and choice.loc["bn", "rates"] == 2
+
+    table, picked = A.tuned_summary(runs, metrics)
+    t = table.set_index("norm")
+    assert list(table.columns[:2]) == ["norm", "lr"] and {"val_acc", "rates"} <= set(table.columns)
+    assert t.loc["bn", "lr"] == 1.0 and t.loc["bn", "final_test_acc"] == pytest.approx(0.94)
+    assert t.loc["affine", "final_test_acc"] == pytest.approx(0.93) and t.loc["affine", "val_acc"] == pytest.approx(0.86)
+    # time to target at the chosen rate: affine reaches 0.9 at its first evaluation, bn at its second
+    assert t.loc["affine", "steps_to_target"] == 10 and t.loc["bn", "steps_to_target"] == 20
+    assert sorted(picked["lr"].unique()) == [0.1, 1.0] and len(picked) == 6
+    d = A.differences(picked, ["norm"]).set_index("metric")
+    assert d.loc["final_test_acc", "diff"] == pytest.approx(-0.01) and d.loc["final_test_acc", "n"] == 3
+
+
+def test_untunable_says_why(tmp_path: Path, loaded) -> None:
+    runs, _ = loaded
+    with pytest.raises(A.Untunable, match=r"one lr \(lr=0.1\)"):
+        A.choose_rates(runs)
+    for lr in (0.1, 1.0):
+        write_run(tmp_path / "sweep", "bn", 0, [0.9], lr=lr)
+    with pytest.raises(A.Untunable, match="no run has a validation split"):
+        A.choose_rates(A.load_runs(tmp_path / "sweep"))

@@ -1,6 +1,7 @@
 """Probes: the documented metrics exist and are sane, and probing never changes training."""
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -11,12 +12,12 @@ import torch.nn.functional as F
 
 from bnstudy import data as data_lib
 from bnstudy import probes
-from bnstudy.config import RunConfig
+from bnstudy.config import NormConfig, RunConfig
 from bnstudy.models import build_model
-from bnstudy.norm import NORMS, norm_modules
+from bnstudy.norm import NORMS, make_norm, needs_bias, norm_modules
 from bnstudy.runs import MetricsLog
 from bnstudy.train import extra_hooks, train_run
-from bnstudy.train.loop import OPTIMIZERS, Batches, State
+from bnstudy.train.loop import OPTIMIZERS, Batches, Hook, State
 
 STATS = [f"{side}/{s}" for side in ("pre", "post") for s in probes.STAT_NAMES]
 LANDSCAPE = ["landscape/loss_range", "landscape/grad_change", "landscape/beta_smooth"]
@@ -87,7 +88,16 @@ def test_probe_metrics(tmp_path, model, norm):
             assert at["pool1/p15"] >= 0  # max over post-activation (sigmoid) values
         if norm != "none":
             expected += [f"layer{i}/{p}/{s}" for i in range(1, n_layers + 1) for p in ("gamma", "beta") for s in ("mean", "std")]
+        weights = ["weight_norm"] + (["eff_step"] if step > 20 else []) + (["eff_lr"] if norm == "bn" else [])
+        expected += [f"layer{i}/{m}" for i in range(1, n_layers + 1) for m in weights]
+        expected += [f"layer{n_layers}/unit{u}/{side}/p{q}" for u in probes.UNITS for side in ("pre", "post") for q in (15, 50, 85)]
         assert sorted(at.index) == sorted(expected)
+        for u in probes.UNITS:
+            for side in ("pre", "post"):
+                p15, p50, p85 = (at[f"layer{n_layers}/unit{u}/{side}/p{q}"] for q in (15, 50, 85))
+                assert p15 <= p50 <= p85
+        if norm == "none":  # y = x
+            assert at[f"layer{n_layers}/unit0/pre/p50"] == at[f"layer{n_layers}/unit0/post/p50"]
         assert not any(m.startswith(f"layer{n_layers + 1}/") for m in at.index)
         for i in range(1, n_layers + 1):
             for side in ("pre", "post"):
@@ -109,6 +119,8 @@ def test_probes_do_not_change_training(tmp_path, model, landscape):
     off = run(small_cfg(model, probe_every=0), tmp_path / "off")
     on = run(small_cfg(model, probe_every=20, landscape=landscape), tmp_path / "on")
     assert (off.split == "probe").sum() == 0 and (on.split == "probe").sum() > 0
+    probed = set(on.metric[on.split == "probe"])
+    assert {"layer1/weight_norm", "layer1/eff_step", "layer1/eff_lr", "layer2/unit0/post/p50"} <= probed  # every probe ran
     cols = ["step", "split", "metric", "value"]
     a = off[cols].reset_index(drop=True)
     b = on[on.split != "probe"][cols].reset_index(drop=True)
@@ -120,6 +132,12 @@ def test_probes_do_not_change_training_any_norm(tmp_path, norm):
     # freeze_after=15: bn_frozen's step counter decides mid-run, so a probe advancing it would show
     off = run(small_cfg("mlp", norm, probe_every=0, freeze_after=15), tmp_path / "off")
     on = run(small_cfg("mlp", norm, probe_every=10, landscape=True, freeze_after=15), tmp_path / "on")
+    probe = on[on.split == "probe"]
+    assert set(probe.step[probe.metric == "layer1/eff_step"]) == {20, 30, 40}
+    # the effective rate exists while the norm makes the loss invariant to the scale of W (bn_frozen: until frozen)
+    invariant = {"bn", "bn_noaffine", "bn_nograd", "noisy_bn", "layernorm", "groupnorm"}
+    expected = {10, 20, 30, 40} if norm in invariant else {10} if norm == "bn_frozen" else set()
+    assert set(probe.step[probe.metric == "layer2/eff_lr"]) == expected
     cols = ["step", "split", "metric", "value"]
     pd.testing.assert_frame_equal(
         off[cols].reset_index(drop=True), on[on.split != "probe"][cols].reset_index(drop=True), check_exact=True
@@ -194,3 +212,75 @@ def test_activation_stats_definition():
     ch = x.transpose(0, 1).reshape(3, -1)  # (C, B*H*W)
     torch.testing.assert_close(s["ch_absmean"], ch.mean(1).abs().mean())
     torch.testing.assert_close(s["ch_std"], ch.std(1, correction=0).mean())
+
+
+def test_weight_probe_known_update(tmp_path):
+    state = one_step_state(tmp_path, small_cfg("mlp", "bn"))
+    _, feeders = probes._activation_pass(state, state.model)
+    assert list(feeders) == ["layer1", "layer2"]
+    norm, linear = feeders["layer2"]
+    assert linear.weight.shape == (8, 8) and norm.norm_kind == "bn"
+    with torch.no_grad():
+        linear.weight.fill_(0.5)  # ‖W‖ = 0.5 · 8 = 4
+    state.step = 10
+    rows = {m: v for _, m, v in probes.weight_probe(state, feeders)}
+    assert rows["layer2/weight_norm"] == pytest.approx(4.0)
+    assert rows["layer2/eff_lr"] == pytest.approx(0.05 / 16)  # lr / ‖W‖²
+    assert "layer2/eff_step" not in rows  # no earlier weights yet
+    with torch.no_grad():
+        linear.weight[0, 0] += 2.0  # ‖ΔW‖ = 2 over k = 5 steps
+    state.step = 15
+    rows = {m: v for _, m, v in probes.weight_probe(state, feeders)}
+    assert rows["layer2/eff_step"] == pytest.approx(2.0 / 4.0 / 5)
+    assert rows["layer2/weight_norm"] == pytest.approx(math.sqrt(63 * 0.25 + 2.5**2))
+    state.step = 20  # unchanged weights: a zero step
+    rows = {m: v for _, m, v in probes.weight_probe(state, feeders)}
+    assert rows["layer2/eff_step"] == 0.0
+    assert state.extra[probes.PREV_WEIGHTS]["step"] == 20
+    state.log.close()
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["bias-as-built", "bias"])
+@pytest.mark.parametrize("norm", sorted(NORMS))
+def test_scale_invariant_matches_the_norm(norm, bias):
+    """``scale_invariant`` says yes exactly when scaling the feeding weight leaves the training output unchanged."""
+    cfg = NormConfig(name=norm, freeze_after=2, eps=1e-10, groups=2)  # invariance is exact up to ε
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 6, generator=g)
+    linear = torch.nn.Linear(6, 8, bias=bias or needs_bias(cfg))
+    torch.nn.init.normal_(linear.bias, std=1.0) if linear.bias is not None else None
+    layer = make_norm(cfg, 8, dim=1).train()
+
+    def output(scale: float, module: torch.nn.Module) -> torch.Tensor:
+        torch.manual_seed(1)  # noisy_bn: the same noise for both
+        with torch.no_grad():
+            return module(torch.nn.functional.linear(x, scale * linear.weight, linear.bias))
+
+    output(1.0, layer)  # as in training, the probe comes after a forward (affine_ddi has initialised from it)
+    for _ in range(2):  # bn_frozen: batch statistics at the second forward, frozen from the third
+        invariant = torch.allclose(output(1.0, copy.deepcopy(layer)), output(3.0, copy.deepcopy(layer)), atol=1e-4)
+        assert probes.scale_invariant(layer, linear) == invariant
+        output(1.0, layer)  # a training forward: counters, running statistics, affine_ddi's first-batch init
+    per_example_with_bias = norm in probes.EXAMPLE_STANDARDIZING and linear.bias is not None
+    expected = norm in probes.BATCH_STANDARDIZING | probes.EXAMPLE_STANDARDIZING and norm != "bn_frozen"
+    assert probes.scale_invariant(layer, linear) == (expected and not per_example_with_bias)
+
+
+def test_resumed_run_logs_the_same_weight_probe(tmp_path):
+    """eff_step needs the weights of the previous probe: a resume between two probes must still have them."""
+    cfg = small_cfg("mlp", "bn", probe_every=15)  # probes at 15, 30, 40; checkpoints at 20, 40
+    ref = run(cfg, tmp_path / "ref")
+    stopped = []
+
+    def stop(state: State) -> None:
+        if not stopped:
+            stopped.append(state.step)
+            raise KeyboardInterrupt
+
+    with pytest.raises(BaseException):  # a Ctrl-C, however the loop reports it; the last checkpoint stays
+        train_run(cfg, tmp_path / "cut", extra_hooks=[*extra_hooks(cfg), Hook("stop", 25, stop)])
+    assert stopped == [25] and (tmp_path / "cut" / "checkpoint.pt").exists()
+    again = run(cfg, tmp_path / "cut")  # resumes from step 20, whose checkpoint holds W_15
+    assert set(again.step[again.metric == "layer1/eff_step"]) == {30, 40}
+    cols = ["step", "split", "metric", "value"]
+    pd.testing.assert_frame_equal(again[cols], ref[cols], check_exact=True)

@@ -3,6 +3,7 @@
     runs = load_runs("results/quickstart")        # one row per run
     metrics = load_metrics("results/quickstart", runs)  # long table, factors joined
     summary_table(runs, metrics)                   # per variant: mean ± CI, time to target, ...
+    differences(runs, reference="bn")              # each variant − bn: Welch interval, p, Holm p
     figures(runs, metrics)                         # {name: matplotlib Figure}
 
 ``bnstudy-report DIR`` (:mod:`bnstudy.analysis.report`) writes all of it to disk.
@@ -11,15 +12,21 @@ from __future__ import annotations
 
 from bnstudy.analysis.aggregate import (
     DEFAULT_TARGETS,
+    Untunable,
+    choose_rates,
     curves,
     default_target,
+    differences,
     group_columns,
+    holm,
     mean_ci,
     probe_table,
     summary_table,
     t_quantile,
     time_to_target,
+    tuned_summary,
     varying_factors,
+    welch,
 )
 from bnstudy.analysis.load import FACTORS, find_run_dirs, load_metrics, load_runs, sweep_commands
 
@@ -29,10 +36,13 @@ _PLOTS = {
     "color",
     "curves_figure",
     "figures",
+    "landscape_figure",
     "loss_figure",
     "probe_figure",
     "save_figure",
     "sensitivity_figure",
+    "unit_figure",
+    "weight_figure",
 }
 
 
@@ -48,14 +58,19 @@ __all__ = [
     "DEFAULT_TARGETS",
     "FACTORS",
     "PALETTE",
+    "Untunable",
     "accuracy_figure",
+    "choose_rates",
     "color",
     "curves",
     "curves_figure",
     "default_target",
+    "differences",
     "figures",
     "find_run_dirs",
     "group_columns",
+    "holm",
+    "landscape_figure",
     "load_metrics",
     "load_runs",
     "loss_figure",
@@ -67,5 +82,9 @@ __all__ = [
     "sweep_commands",
     "t_quantile",
     "time_to_target",
+    "tuned_summary",
+    "unit_figure",
     "varying_factors",
+    "weight_figure",
+    "welch",
 ]

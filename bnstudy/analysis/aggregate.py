@@ -1,4 +1,4 @@
-"""Seed aggregation (mean and Student-t confidence interval), time-to-target and the summary table.
+"""Seed aggregation (mean and Student-t interval), differences between variants (Welch, Holm), time-to-target, tables.
 
 Seeds are replicates: every other factor that varies across the runs, with the
 norm variant first, names a group. A group of one seed has a mean and a NaN
@@ -7,10 +7,12 @@ interval, never an error.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+import warnings
+from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from bnstudy.analysis.load import FACTORS
 
@@ -30,34 +32,11 @@ FALLBACK_TARGET = 0.9
 # ---------------------------------------------------------------- statistics
 
 
-def _t_two_sided(t: float, df: int) -> float:
-    """P(|T| < t) for Student's t with integer ``df`` (closed form, Abramowitz & Stegun 26.7.3-4)."""
-    theta = math.atan(t / math.sqrt(df))
-    c2, s = math.cos(theta) ** 2, math.sin(theta)
-    if df % 2 == 1:
-        term, total = 1.0, 1.0 if df > 1 else 0.0
-        for k in range(1, (df - 1) // 2):
-            term *= c2 * (2 * k) / (2 * k + 1)
-            total += term
-        return 2 / math.pi * (theta + (s * math.cos(theta) * total if df > 1 else 0.0))
-    term, total = 1.0, 1.0
-    for k in range(1, df // 2):
-        term *= c2 * (2 * k - 1) / (2 * k)
-        total += term
-    return s * total
-
-
-def t_quantile(level: float, df: int) -> float:
+def t_quantile(level: float, df: float) -> float:
     """Two-sided critical value: P(|T| < t) = ``level`` for Student's t with ``df`` degrees of freedom."""
-    if df < 1:
+    if not df > 0:
         return math.nan
-    lo, hi = 0.0, 1.0
-    while _t_two_sided(hi, df) < level:
-        hi *= 2
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if _t_two_sided(mid, df) < level else (lo, mid)
-    return (lo + hi) / 2
+    return float(stats.t.ppf((1 + level) / 2, df))
 
 
 def mean_ci(values: Iterable[float], level: float = 0.95) -> tuple[float, float, float, int]:
@@ -71,6 +50,49 @@ def mean_ci(values: Iterable[float], level: float = 0.95) -> tuple[float, float,
         return m, math.nan, math.nan, 1
     half = t_quantile(level, n - 1) * float(v.std(ddof=1)) / math.sqrt(n)
     return m, m - half, m + half, n
+
+
+class Welch(NamedTuple):
+    """Difference of two means with Welch's interval and two-sided p-value (NaN below two values a side)."""
+
+    diff: float
+    lo: float
+    hi: float
+    p: float
+    df: float
+
+
+def _finite(values: Iterable[float]) -> np.ndarray:
+    v = pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce").astype(float).to_numpy()
+    return v[np.isfinite(v)]
+
+
+def welch(values: Iterable[float], reference: Iterable[float], level: float = 0.95) -> Welch:
+    """mean(values) − mean(reference), its Welch ``level`` interval and the Welch t-test's p-value (scipy.stats)."""
+    a, b = _finite(values), _finite(reference)
+    if len(a) == 0 or len(b) == 0:
+        return Welch(math.nan, math.nan, math.nan, math.nan, math.nan)
+    diff = float(a.mean() - b.mean())
+    if len(a) < 2 or len(b) < 2:
+        return Welch(diff, math.nan, math.nan, math.nan, math.nan)
+    # identical seeds (e.g. every run at chance) give a zero variance; scipy warns and returns the limit
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = stats.ttest_ind(a, b, equal_var=False)
+        ci = res.confidence_interval(confidence_level=level)
+    return Welch(diff, float(ci.low), float(ci.high), float(res.pvalue), float(res.df))
+
+
+def holm(pvalues: Iterable[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values; NaN entries stay NaN and are not counted in the family."""
+    p = np.asarray(list(pvalues), dtype=float)
+    out = np.full(p.shape, math.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m, running = len(ok), 0.0
+    for i, j in enumerate(ok[np.argsort(p[ok], kind="stable")]):
+        running = max(running, min(1.0, (m - i) * p[j]))  # monotone: never below a smaller p's adjustment
+        out[j] = running
+    return out
 
 
 # ---------------------------------------------------------------- groups
@@ -162,6 +184,10 @@ SUMMARY_COLUMNS = [
     "final_test_acc_lo",
     "final_test_acc_hi",
     "best_test_acc",
+    "final_test_precise_acc",
+    "final_test_precise_acc_lo",
+    "final_test_precise_acc_hi",
+    "final_val_acc",
     "target",
     "reached",
     "steps_to_target",
@@ -183,9 +209,12 @@ def summary_table(
     """One row per group of seeds (``by``, default :func:`group_columns`).
 
     Final test accuracy: mean and CI over the finished (completed or diverged)
-    runs; best test accuracy: mean of each run's best; steps/seconds to target:
-    mean over the runs that reached it, with ``reached`` counting them among
-    ``runs``; ``diverged``/``failed``: counts; params, ms/step: means.
+    runs; best test accuracy: mean of each run's best; precise-statistics test
+    accuracy (``train.precise_bn``; NaN where no run logged it): mean and CI
+    like the final one; final validation accuracy (NaN without a val split):
+    mean; steps/seconds to target: mean over the runs that reached it, with
+    ``reached`` counting them among ``runs``; ``diverged``/``failed``: counts;
+    params, ms/step: means.
     """
     by = list(by) if by is not None else group_columns(runs)
     if runs.empty:
@@ -196,6 +225,7 @@ def summary_table(
         key = key if isinstance(key, tuple) else (key,)
         done = g[g["status"].isin(DONE)]
         m, lo, hi, _ = mean_ci(done["final_test_acc"], level)
+        pm, plo, phi, _ = mean_ci(_column(done, "final_test_precise_acc"), level)
         t = ttt.loc[done["run"]]
         rows.append(
             (
@@ -205,6 +235,10 @@ def summary_table(
                 lo,
                 hi,
                 _mean(done["best_test_acc"]),
+                pm,
+                plo,
+                phi,
+                _mean(_column(done, "final_val_acc")),
                 float(t["target"].iloc[0]) if len(t) else math.nan,
                 int(t["reached"].sum()),
                 _mean(t["steps_to_target"]),
@@ -216,6 +250,138 @@ def summary_table(
             )
         )
     return pd.DataFrame(rows, columns=[*by, *SUMMARY_COLUMNS])
+
+
+# ---------------------------------------------------------------- differences vs a reference variant
+
+# Per-run numbers compared between variants. Time to target is left out: it exists
+# only for the runs that reached the target, so a difference of it would be biased.
+DIFF_METRICS = ("final_test_acc", "best_test_acc", "final_test_precise_acc")
+DIFF_COLUMNS = ["metric", "reference", "n", "n_ref", "mean", "ref_mean", "diff", "diff_lo", "diff_hi", "p", "p_holm"]
+
+
+def _key(row: Iterable) -> tuple[str, ...]:
+    # str keys match NaN to NaN and 0.1 to 0.1 whatever the column dtype
+    return tuple(str(v) for v in row)
+
+
+def differences(
+    runs: pd.DataFrame,
+    by: Sequence[str] | None = None,
+    reference: str = "bn",
+    metrics: Sequence[str] = DIFF_METRICS,
+    level: float = 0.95,
+) -> pd.DataFrame:
+    """Each group minus the ``reference`` variant's group in the same setting (the other columns of ``by``).
+
+    One row per (group, metric) over finished runs: the two means, their
+    difference with Welch's ``level`` interval, the Welch t-test's two-sided
+    p-value and its Holm adjustment over the rows of the same metric (the
+    comparisons one table column makes). Metrics no run has, groups without a
+    reference in their setting, and groups without a finite value are left out.
+    """
+    by = list(by) if by is not None else group_columns(runs)
+    if "norm" not in by:
+        raise ValueError("differences compare variants: 'norm' must be one of the group columns")
+    setting = [c for c in by if c != "norm"]
+    cols = [*by, *DIFF_COLUMNS]
+    done = runs[runs["status"].isin(DONE)]
+    if done.empty:
+        return pd.DataFrame(columns=cols)
+    frames = []
+    for metric in metrics:
+        if metric not in done.columns or not len(_finite(done[metric])):
+            continue
+        groups = list(done.groupby(by, sort=True, dropna=False))
+        ref = {_key(g[setting].iloc[0]): g[metric] for _, g in groups if g["norm"].iloc[0] == reference}
+        rows = []
+        for key, g in groups:
+            key = key if isinstance(key, tuple) else (key,)
+            r = ref.get(_key(g[setting].iloc[0]))
+            if g["norm"].iloc[0] == reference or r is None or not len(_finite(g[metric])) or not len(_finite(r)):
+                continue
+            w = welch(g[metric], r, level)
+            rows.append((*key, metric, reference, len(_finite(g[metric])), len(_finite(r)), _mean(g[metric]), _mean(r),
+                         w.diff, w.lo, w.hi, w.p))  # fmt: skip
+        if rows:
+            d = pd.DataFrame(rows, columns=cols[:-1])
+            d["p_holm"] = holm(d["p"])
+            frames.append(d)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+
+
+# ---------------------------------------------------------------- each variant at its own learning rate
+
+
+class Untunable(ValueError):
+    """The runs cannot give a tuned-per-variant table; the message (one line) says why."""
+
+
+def choose_rates(runs: pd.DataFrame, by: Sequence[str] | None = None, factor: str = "lr") -> pd.DataFrame:
+    """Per setting (``by`` without ``factor``): the ``factor`` value with the best mean final validation accuracy.
+
+    Never the test split. Finished runs only; a diverged run without a finite
+    validation accuracy scores 0, so a rate is not chosen for the seeds that
+    survived it. Ties go to the first value in sorted order. Columns: the
+    setting, ``factor``, ``val_acc`` (the chosen mean), ``val_runs`` and
+    ``rates`` (how many values were tried). Raises :class:`Untunable` when
+    ``factor`` is not swept or no run has a validation split.
+    """
+    by = list(by) if by is not None else group_columns(runs)
+    setting = [c for c in by if c != factor]
+    values = runs[factor].dropna().unique() if factor in runs.columns else []
+    if len(values) < 2:
+        shown = ", ".join(str(v) for v in values) or "not recorded"
+        raise Untunable(f"the study runs one {factor} ({factor}={shown}), so there is no rate to tune; sweep optim.{factor} to get it")
+    done = runs[runs["status"].isin(DONE)]
+    val = pd.to_numeric(_column(done, "final_val_acc"), errors="coerce").astype(float)
+    if not np.isfinite(val).any():
+        raise Untunable(
+            "no run has a validation split (data.val_size=0), and a rate chosen on the test split would flatter every "
+            "variant; rerun the sweep with data.val_size>0 to get it"
+        )
+    score = val.where(np.isfinite(val) | (done["status"] != "diverged"), 0.0)
+    scored = done.assign(_score=score)[lambda d: np.isfinite(d["_score"])]
+    rows = []
+    for key, g in scored.groupby(setting, sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        per_rate = g.groupby(factor, sort=True)["_score"].agg(["mean", "size"])
+        best = per_rate["mean"].idxmax()
+        rows.append((*key, best, float(per_rate.loc[best, "mean"]), int(per_rate.loc[best, "size"]), len(per_rate)))
+    return pd.DataFrame(rows, columns=[*setting, factor, "val_acc", "val_runs", "rates"])
+
+
+def tuned_summary(
+    runs: pd.DataFrame,
+    metrics: pd.DataFrame,
+    target: float | None = None,
+    by: Sequence[str] | None = None,
+    factor: str = "lr",
+    level: float = 0.95,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(summary table at each setting's chosen ``factor``, the runs at it) — see :func:`choose_rates`.
+
+    The table has :func:`summary_table`'s columns for ``[*setting, factor]``
+    plus ``val_acc`` (mean final validation accuracy at the chosen value) and
+    ``rates``; the runs are for :func:`differences` with ``by=setting``.
+    Raises :class:`Untunable` like :func:`choose_rates`.
+    """
+    by = list(by) if by is not None else group_columns(runs)
+    choice = choose_rates(runs, by, factor)
+    setting = [c for c in by if c != factor]
+    keys = [*setting, factor]
+    chosen = {_key(r[:-3]): r[-3:] for r in choice.itertuples(index=False, name=None)}  # -> (val_acc, val_runs, rates)
+    picked = runs[[_key(r) in chosen for r in runs[keys].itertuples(index=False, name=None)]]
+    table = summary_table(picked, metrics, target=target, by=keys, level=level)
+    found = [chosen[_key(r)] for r in table[keys].itertuples(index=False, name=None)]
+    table["val_acc"] = [f[0] for f in found]
+    table["rates"] = [f[2] for f in found]
+    return table, picked.reset_index(drop=True)
+
+
+def _column(df: pd.DataFrame, name: str) -> pd.Series:
+    # tables loaded before a result column existed lack it: all NaN
+    return df[name] if name in df.columns else pd.Series(math.nan, index=df.index)
 
 
 def _mean(s: pd.Series) -> float:

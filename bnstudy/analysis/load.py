@@ -15,6 +15,8 @@ from typing import Any
 
 import pandas as pd
 
+from bnstudy.provenance import commit_label
+
 # The factors of summary.json, in the order tables show them.
 FACTORS = [
     "data",
@@ -31,9 +33,14 @@ FACTORS = [
     "depth",
     "width",
     "activation",
+    "init",
+    "pool",
     "augment",
     "study",
 ]
+# Factors added after studies were committed, with the value the code used before them:
+# a summary without the key was produced with that value, so old and new runs group together.
+FACTOR_DEFAULTS: dict[str, Any] = {"init": "default", "pool": "max"}
 RESULT_COLUMNS = [
     "status",
     "step",
@@ -44,8 +51,12 @@ RESULT_COLUMNS = [
     "final_test_loss",
     "final_train_loss",
     "best_test_acc",
+    "final_test_precise_acc",
+    "final_val_acc",
     "diverged_at",
     "device",
+    "commit",  # short git commit of the code that trained the run ("unknown" before provenance was recorded)
+    "code",  # fingerprint of its training code (bnstudy.provenance); None when unknown
 ]
 METRIC_COLUMNS = ["run", "step", "split", "metric", "value", "seconds"]
 
@@ -76,7 +87,7 @@ def _run_row(root: Path, run_dir: Path, s: dict[str, Any]) -> dict[str, Any]:
     rel = run_dir.relative_to(root).as_posix()
     row: dict[str, Any] = {"run": rel if rel != "." else (s.get("run") or run_dir.name), "run_dir": str(run_dir.resolve())}
     factors = s.get("factors") or {}
-    row.update({k: factors.get(k) for k in FACTORS})
+    row.update({k: factors.get(k, FACTOR_DEFAULTS.get(k)) for k in FACTORS})
     row.update({k: v for k, v in factors.items() if k not in FACTORS})
     row.update(
         status=s.get("status", "unknown"),
@@ -88,10 +99,20 @@ def _run_row(root: Path, run_dir: Path, s: dict[str, Any]) -> dict[str, Any]:
         final_test_loss=_num(final.get("test/loss")),
         final_train_loss=_num(final.get("train/loss")),
         best_test_acc=_num(best.get("test/acc")),
+        final_test_precise_acc=_num(final.get("test/precise_acc")),
+        final_val_acc=_num(final.get("val/acc")),
         diverged_at=s.get("diverged_at"),
         device=s.get("device"),
+        commit=commit_label(s),
+        code=_code(s),
     )
     return row
+
+
+def _code(s: dict[str, Any]) -> str | None:
+    prov = s.get("provenance")
+    code = prov.get("code") if isinstance(prov, dict) else None
+    return code.get("fingerprint") if isinstance(code, dict) else None
 
 
 def load_runs(root: str | Path) -> pd.DataFrame:

@@ -1,4 +1,8 @@
-"""Figures of a study: learning curves, sensitivity to each swept factor, activation percentiles.
+"""Figures of a study: learning curves, sensitivity to each swept factor, activation percentiles, mechanisms.
+
+The mechanism figures (per-unit percentiles, loss landscape, weight norm and
+effective step) are drawn from the probe rows of :mod:`bnstudy.probes`
+whenever a run logged them.
 
 Every function returns a :class:`matplotlib.figure.Figure` built without
 pyplot (so nothing depends on the interactive backend and figures are never
@@ -48,6 +52,7 @@ FACTOR_LABELS = {
     "weight_decay": "weight decay",
     "momentum": "momentum",
     "steps": "budget (steps)",
+    "freeze_after": "bn_frozen: steps before the statistics freeze",
 }
 
 
@@ -67,11 +72,19 @@ def _fmt(v: Any) -> str:
 
 
 def _facets(runs: pd.DataFrame, exclude: Sequence[str] = ()) -> tuple[list[str], list[tuple]]:
-    """Factors other than norm (and ``exclude``) that vary, and their value combinations."""
+    """Factors other than norm (and ``exclude``) that vary, and their value combinations.
+
+    A factor that only some runs have (``freeze_after``: only ``bn_frozen``) makes
+    no panel for the runs without it; :func:`_select` draws those in every panel.
+    """
     cols = [c for c in group_columns(runs) if c != "norm" and c not in exclude]
     if not cols:
         return [], [()]
-    combos = list(runs[cols].drop_duplicates().sort_values(cols).itertuples(index=False, name=None))
+    values = runs[cols].drop_duplicates()
+    for c in cols:
+        if values[c].notna().any():
+            values = values[values[c].notna()]
+    combos = list(values.sort_values(cols).itertuples(index=False, name=None))
     if len(combos) > MAX_PANELS:
         warnings.warn(f"{len(combos)} combinations of {', '.join(cols)}: showing the first {MAX_PANELS}", stacklevel=3)
         combos = combos[:MAX_PANELS]
@@ -81,12 +94,20 @@ def _facets(runs: pd.DataFrame, exclude: Sequence[str] = ()) -> tuple[list[str],
 def _select(df: pd.DataFrame, cols: list[str], combo: tuple) -> pd.DataFrame:
     mask = np.ones(len(df), dtype=bool)
     for c, v in zip(cols, combo):
-        mask &= (df[c].astype(str) == str(v)).to_numpy()
+        mask &= ((df[c].astype(str) == str(v)) | df[c].isna()).to_numpy()  # no value: the factor does not apply
     return df[mask]
 
 
 def _title(cols: list[str], combo: tuple) -> str:
     return ", ".join(f"{c}={_fmt(v)}" for c, v in zip(cols, combo))
+
+
+def _mark_freeze(ax, cols: list[str], combo: tuple) -> None:
+    """A dotted vertical line at the step a panel's bn_frozen runs froze their statistics."""
+    if "freeze_after" in cols:
+        v = combo[cols.index("freeze_after")]
+        if v is not None and not (isinstance(v, float) and math.isnan(v)):
+            ax.axvline(float(v), color=color("bn_frozen"), ls=":", lw=1.2, label="_freeze")
 
 
 def _grid(n: int, ncols: int = 3, w: float = 4.4, h: float = 3.3, sharey: bool = True) -> tuple[Figure, list]:
@@ -141,6 +162,8 @@ def curves_figure(
         elif bounds == (0.0, 1.0) and plotted:
             # accuracy: start the axis near the bulk of the curves, so late differences stay visible
             ax.set_ylim(max(0.0, float(np.percentile(plotted, 10)) - 0.05), min(1.0, max(plotted) + 0.01))
+        if x == "step":
+            _mark_freeze(ax, cols, combo)
         ax.set_xlabel(X_LABELS.get(x, x))
         ax.set_ylabel(ylabel or f"{split} {metric}")
         ax.set_title(_title(cols, combo), fontsize=10)
@@ -224,7 +247,9 @@ def sensitivity_figure(runs: pd.DataFrame, factor: str = "lr") -> Figure:
     return fig
 
 
-_PROBE = re.compile(r"^(?P<layer>.+)/(?P<where>post|pre)/p(?P<q>15|50|85)$")
+_PROBE = re.compile(r"^(?P<layer>[^/]+)/(?P<where>post|pre)/p(?P<q>15|50|85)$")
+_UNIT = re.compile(r"^(?P<layer>[^/]+)/unit(?P<unit>\d+)/(?P<where>post|pre)/p(?P<q>15|50|85)$")
+PERCENTILE_STYLES = {"15": ":", "50": "-", "85": "--"}
 
 
 def probe_layers(metrics: pd.DataFrame) -> list[str]:
@@ -253,7 +278,7 @@ def probe_figure(runs: pd.DataFrame, metrics: pd.DataFrame, layer: str | None = 
     norms = variant_order(probe["norm"].dropna())
     # one row per combination of the other factors; a single combination wraps at 3 panels a row
     fig, axes = _grid(len(norms) * len(combos), ncols=len(norms) if len(combos) > 1 else 3, w=3.6, h=3.0)
-    styles = {"15": ":", "50": "-", "85": "--"}
+    styles = PERCENTILE_STYLES
     for r, combo in enumerate(combos):
         sub = _select(probe, cols, combo)
         for i, norm in enumerate(norms):
@@ -264,6 +289,8 @@ def probe_figure(runs: pd.DataFrame, metrics: pd.DataFrame, layer: str | None = 
                 ax.plot(c["step"], c["mean"], color=color(norm), ls=ls, lw=1.6)
             t = _title(cols, combo)
             ax.set_title(norm + (f" — {t}" if t else ""), fontsize=10, color=color(norm))
+            if norm == "bn_frozen":
+                _mark_freeze(ax, cols, combo)
             ax.set_xlabel(X_LABELS["step"])
             if i == 0:
                 ax.set_ylabel(f"{layer} activation input")
@@ -271,6 +298,211 @@ def probe_figure(runs: pd.DataFrame, metrics: pd.DataFrame, layer: str | None = 
     handles = [(Line2D([], [], color="k", ls=ls), f"{q}th percentile") for q, ls in styles.items()]
     fig.legend([h for h, _ in handles], [l for _, l in handles], loc="outside lower center", ncol=3, frameon=False)
     fig.suptitle(f"Distribution of the input to {layer}'s activation over training (mean over seeds)", fontsize=11)
+    return fig
+
+
+def _natural(s: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def _probe_names(metrics: pd.DataFrame) -> list[str]:
+    if metrics.empty:
+        return []
+    return list(metrics.loc[metrics["split"] == "probe", "metric"].drop_duplicates())
+
+
+def _band(ax, c: pd.DataFrame, colour: str, label: str | None = None, ls: str = "-", positive: bool = False) -> None:
+    """Mean line and 95% CI band of a :func:`curves` table (bands clipped above 0 on log axes)."""
+    c = c.sort_values("step")
+    xs, lo, hi = c["step"].to_numpy(float), c["lo"].to_numpy(float), c["hi"].to_numpy(float)
+    if positive:
+        floor = float(c["mean"][c["mean"] > 0].min()) / 10 if (c["mean"] > 0).any() else 1e-12
+        lo = np.clip(lo, floor, None)
+    ax.plot(xs, c["mean"], color=colour, lw=1.7, ls=ls, label=label, marker="o" if len(xs) < 3 else None, ms=4)
+    ax.fill_between(xs, lo, hi, color=colour, alpha=0.18, lw=0)
+
+
+def unit_layers(metrics: pd.DataFrame) -> list[str]:
+    """Layers with per-unit percentile rows (``layer{L}/unit{u}/...``), in natural order."""
+    return sorted({m.group("layer") for m in map(_UNIT.match, _probe_names(metrics)) if m}, key=_natural)
+
+
+def unit_figure(runs: pd.DataFrame, metrics: pd.DataFrame, norm: str, layer: str | None = None) -> Figure | None:
+    """Ioffe & Szegedy (2015) Fig. 1(b, c) for one variant: 15/50/85th percentiles of single units' activation input.
+
+    One panel per followed unit (columns) and per combination of the other
+    varying factors (rows); one set of lines per seed, not their mean: unit u of
+    one seed's network is a different feature from unit u of another's, and
+    averaging them would smooth away the single-unit drift the figure is for.
+    The activation input is the norm layer's output (``post``; ``pre`` when only
+    that was logged). None when no run of ``norm`` logged per-unit rows.
+    """
+    probe = metrics[(metrics["split"] == "probe") & (metrics["norm"].astype(str) == str(norm))] if not metrics.empty else metrics
+    layers = unit_layers(probe)
+    if not layers:
+        return None
+    layer = layer or layers[-1]
+    found = [m for m in map(_UNIT.match, _probe_names(probe)) if m and m.group("layer") == layer]
+    where = "post" if any(m.group("where") == "post" for m in found) else "pre"
+    units = sorted({int(m.group("unit")) for m in found})
+    cols, combos = _facets(runs[runs["norm"].astype(str) == str(norm)])
+    rows = MAX_PANELS // 2  # rows of small panels, one per unit, stay readable further than a grid of large ones
+    if len(combos) > rows:
+        keep = rows
+        warnings.warn(f"{len(combos)} combinations of {', '.join(cols)}: showing the first {keep}", stacklevel=2)
+        combos = combos[:keep]
+    fig, axes = _grid(len(units) * len(combos), ncols=len(units), w=3.4, h=2.9)
+    for r, combo in enumerate(combos):
+        sub = _select(probe, cols, combo)
+        for i, u in enumerate(units):
+            ax = axes[r * len(units) + i]
+            for q, ls in PERCENTILE_STYLES.items():
+                d = sub[sub["metric"] == f"{layer}/unit{u}/{where}/p{q}"]
+                for _, run in d.groupby("run", sort=True):
+                    run = run.sort_values("step")
+                    ax.plot(run["step"], run["value"], color=color(norm), ls=ls, lw=1.3, alpha=0.8)
+            t = _title(cols, combo)
+            ax.set_title(f"unit {u}" + (f" — {t}" if t else ""), fontsize=10)
+            if norm == "bn_frozen":
+                _mark_freeze(ax, cols, combo)
+            ax.set_xlabel(X_LABELS["step"])
+            if i == 0:
+                ax.set_ylabel(f"{layer} activation input")
+            ax.grid(alpha=0.3)
+    handles = [Line2D([], [], color=color(norm), ls=ls) for ls in PERCENTILE_STYLES.values()]
+    fig.legend(handles, [f"{q}th percentile" for q in PERCENTILE_STYLES], loc="outside lower center", ncol=3, frameon=False)
+    fig.suptitle(
+        f"{norm}: input to single units' activation in {layer} over training (Ioffe & Szegedy 2015, Fig. 1b,c)\n"
+        "(one set of lines per seed: unit u is a different feature in each seed's network)",
+        fontsize=11,
+    )
+    return fig
+
+
+LANDSCAPE = {
+    "landscape/loss_range": "loss range along the gradient\n(max − min of L(θ − ηg))",
+    "landscape/grad_change": "gradient predictiveness\n(max ‖∇L(θ − ηg) − ∇L(θ)‖)",
+    "landscape/beta_smooth": "effective β-smoothness\n(max ‖∇L(θ − ηg) − ∇L(θ)‖ / ‖ηg‖)",
+}
+
+
+def landscape_figure(runs: pd.DataFrame, metrics: pd.DataFrame) -> Figure | None:
+    """Santurkar et al. (2018) Fig. 4: loss range, gradient change and β-smoothness against step, per variant.
+
+    One column per quantity, one row per combination of the other varying
+    factors; mean over seeds with 95% CI bands, log scale. None when no run
+    logged landscape rows.
+    """
+    names = set(_probe_names(metrics))
+    shown = [k for k in LANDSCAPE if k in names]
+    if not shown:
+        return None
+    probe = metrics[metrics["split"] == "probe"]
+    cols, combos = _facets(runs)
+    if len(combos) * len(shown) > MAX_PANELS:
+        keep = max(1, MAX_PANELS // len(shown))
+        warnings.warn(f"{len(combos)} combinations of {', '.join(cols)}: showing the first {keep}", stacklevel=2)
+        combos = combos[:keep]
+    fig, axes = _grid(len(shown) * len(combos), ncols=len(shown), sharey=False)
+    norms = variant_order(probe["norm"].dropna())
+    for r, combo in enumerate(combos):
+        sub = _select(probe, cols, combo)
+        for i, name in enumerate(shown):
+            ax = axes[r * len(shown) + i]
+            c = curves(sub, "probe", name, by=["norm"])
+            for norm in norms:
+                d = c[c["norm"].astype(str) == norm]
+                if not d.empty:
+                    _band(ax, d, color(norm), positive=True)
+            ax.set_yscale("log")
+            ax.set_ylabel(LANDSCAPE[name], fontsize=9)
+            ax.set_xlabel(X_LABELS["step"])
+            t = _title(cols, combo)
+            if t:
+                ax.set_title(t, fontsize=10)
+            ax.grid(alpha=0.3, which="both")
+    _legend(fig, norms)
+    fig.suptitle(
+        "Loss landscape along the gradient over training (Santurkar et al. 2018, Fig. 4): lower is smoother\n"
+        "(steps η ∈ {0.25, 0.5, 1, 2, 4} x lr on one fixed training batch; mean over seeds, band: 95% CI, log scale)",
+        fontsize=11,
+    )
+    return fig
+
+
+WEIGHT_STATS = {
+    "eff_step": ("effective step", "‖W_t − W_{t−k}‖ / ‖W_{t−k}‖ per step"),
+    "weight_norm": ("weight norm", "‖W‖ (Frobenius)"),
+    "eff_lr": ("effective learning rate", "lr / ‖W‖²"),
+}
+
+
+def weight_layers(metrics: pd.DataFrame, stat: str) -> list[str]:
+    """Layers with ``layer{i}/{stat}`` probe rows, in natural order."""
+    pat = re.compile(rf"^(?P<layer>[^/]+)/{re.escape(stat)}$")
+    return sorted({m.group("layer") for m in map(pat.match, _probe_names(metrics)) if m}, key=_natural)
+
+
+def _lr_colours(lrs: Sequence[float]) -> dict[float, str]:
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    cmap = colormaps["viridis"]
+    n = len(lrs)
+    return {lr: to_hex(cmap(0.9 * i / max(1, n - 1))) for i, lr in enumerate(sorted(lrs))}
+
+
+def weight_figure(runs: pd.DataFrame, metrics: pd.DataFrame, stat: str = "eff_step", layer: str | None = None) -> Figure | None:
+    """``layer{i}/{stat}`` (``eff_step``, ``weight_norm`` or ``eff_lr``) against step: one panel per variant, one line per nominal lr.
+
+    Rows: combinations of the other varying factors (e.g. weight decay). Mean
+    over seeds with 95% CI bands, log scale. ``layer=None`` takes the last
+    layer that logged ``stat``. With one learning rate, the line takes the
+    variant's colour. None when no run logged ``stat``.
+    """
+    layers = weight_layers(metrics, stat)
+    if not layers:
+        return None
+    layer = layer or layers[-1]
+    name = f"{layer}/{stat}"
+    probe = metrics[(metrics["split"] == "probe") & (metrics["metric"] == name)]
+    norms = variant_order(probe["norm"].dropna())
+    cols, combos = _facets(runs, exclude=["lr"])
+    if len(combos) * len(norms) > MAX_PANELS:
+        keep = max(1, MAX_PANELS // len(norms))
+        warnings.warn(f"{len(combos)} combinations of {', '.join(cols)}: showing the first {keep}", stacklevel=2)
+        combos = combos[:keep]
+    lrs = sorted(float(v) for v in probe["lr"].dropna().unique()) if "lr" in probe else []
+    colours = _lr_colours(lrs)
+    fig, axes = _grid(len(norms) * len(combos), ncols=len(norms), w=max(3.8, 8.0 / len(norms)), h=3.1)  # room for the title
+    for r, combo in enumerate(combos):
+        sub = _select(probe, cols, combo)
+        for i, norm in enumerate(norms):
+            ax = axes[r * len(norms) + i]
+            d = sub[sub["norm"].astype(str) == norm]
+            c = curves(d, "probe", name, by=["lr"]) if "lr" in d else curves(d, "probe", name, by=["norm"])
+            for lr in lrs if "lr" in c else [None]:
+                part = c if lr is None else c[c["lr"].astype(float) == lr]
+                if not part.empty:
+                    _band(ax, part, color(norm) if len(lrs) <= 1 else colours[lr], positive=True)
+            ax.set_yscale("log")
+            t = _title(cols, combo)
+            ax.set_title(norm + (f" — {t}" if t else ""), fontsize=10, color=color(norm))
+            if norm == "bn_frozen":
+                _mark_freeze(ax, cols, combo)
+            ax.set_xlabel(X_LABELS["step"])
+            if i == 0:
+                ax.set_ylabel(f"{layer}: {WEIGHT_STATS.get(stat, (stat, stat))[1]}", fontsize=9)
+            ax.grid(alpha=0.3, which="both")
+    if len(lrs) > 1:
+        handles = [Line2D([], [], color=colours[lr], lw=2) for lr in lrs]
+        fig.legend(handles, [f"lr {_fmt(lr)}" for lr in lrs], loc="outside lower center", ncol=min(len(lrs), 6), frameon=False)
+    title = WEIGHT_STATS.get(stat, (stat, stat))[0]
+    fig.suptitle(
+        f"{title[0].upper() + title[1:]} of the weights feeding {layer}'s norm over training, per nominal learning rate\n"
+        "(mean over seeds, band: 95% CI, log scale)",
+        fontsize=11,
+    )
     return fig
 
 
@@ -294,6 +526,17 @@ def figures(runs: pd.DataFrame, metrics: pd.DataFrame) -> dict[str, Figure]:
     p = probe_figure(shown, m)
     if p is not None:
         out["activation_percentiles"] = p
+    for norm in variant_order(shown["norm"].dropna()):  # beside the pooled percentiles, one figure per variant
+        u = unit_figure(shown, m, norm)
+        if u is not None:
+            out[f"unit_percentiles_{norm}"] = u
+    land = landscape_figure(shown, m)
+    if land is not None:
+        out["landscape"] = land
+    for stat, name in (("eff_step", "effective_step"), ("weight_norm", "weight_norm"), ("eff_lr", "effective_lr")):
+        w = weight_figure(shown, m, stat)
+        if w is not None:
+            out[name] = w
     return out
 
 

@@ -1,8 +1,9 @@
-"""``bnstudy-report DIR [--out OUT] [--target ACC]``: report.md, summary.csv and figures for the runs under DIR."""
+"""``bnstudy-report DIR [--out OUT] [--target ACC] [--reference NORM]``: report.md, CSV tables and figures for the runs under DIR."""
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -10,9 +11,21 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from bnstudy.analysis.aggregate import DEFAULT_TARGETS, group_columns, probe_table, summary_table, varying_factors
+from bnstudy.analysis.aggregate import (
+    DEFAULT_TARGETS,
+    DONE,
+    Untunable,
+    differences,
+    group_columns,
+    probe_table,
+    summary_table,
+    tuned_summary,
+    varying_factors,
+)
 from bnstudy.analysis.load import FACTORS, load_metrics, load_runs, sweep_commands
 from bnstudy.analysis.plots import figures, save_figure, variant_order
+from bnstudy.provenance import UNKNOWN
+from bnstudy.runs import check_run
 
 FIGURE_TITLES = {
     "test_acc_vs_step": "Test accuracy vs step",
@@ -20,11 +33,36 @@ FIGURE_TITLES = {
     "test_acc_vs_seconds": "Test accuracy vs training time",
     "train_loss_vs_seconds": "Training loss vs training time",
     "activation_percentiles": "Activation-input percentiles over training (Ioffe & Szegedy 2015, Fig. 1b,c)",
+    "landscape": "Loss landscape along the gradient (Santurkar et al. 2018, Fig. 4)",
+    "effective_step": "Effective step ‖ΔW‖/‖W‖ per step, per nominal learning rate",
+    "weight_norm": "Weight norm ‖W‖ per nominal learning rate",
+    "effective_lr": "Effective learning rate lr/‖W‖² of scale-invariant layers",
 }
+
+
+def figure_title(name: str) -> str:
+    """The report heading of a figure from :func:`bnstudy.analysis.plots.figures`, by its file name."""
+    if name in FIGURE_TITLES:
+        return FIGURE_TITLES[name]
+    if name.startswith("unit_percentiles_"):
+        return f"Single-unit activation-input percentiles, {name.removeprefix('unit_percentiles_')} (Ioffe & Szegedy 2015, Fig. 1b,c)"
+    return f"Sensitivity to {name.removeprefix('sensitivity_')}"
 
 
 class NoRuns(Exception):
     """The results folder holds no run folder."""
+
+
+class UnknownReference(Exception):
+    """``--reference`` names a variant that none of the runs used."""
+
+
+class MixedStudies(Exception):
+    """The results folder holds runs of several studies (``study`` factor): one report would merge them."""
+
+
+# How the differences block names each compared metric.
+DIFF_LABELS = {"final_test_acc": "final test acc", "best_test_acc": "best test acc", "final_test_precise_acc": "precise test acc"}
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
@@ -55,16 +93,20 @@ def markdown_table(df: pd.DataFrame) -> str:
 def display_table(summary: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     """The summary table as the report shows it: mean ± CI, reached as k/n, rounded."""
 
-    def pm(r: pd.Series) -> str:
-        if math.isnan(r["final_test_acc"]):
+    def pm(r: pd.Series, col: str) -> str:
+        if math.isnan(r[col]):
             return "–"
-        half = (r["final_test_acc_hi"] - r["final_test_acc_lo"]) / 2
-        return f"{r['final_test_acc']:.4f}" + ("" if math.isnan(half) else f" ± {half:.4f}")
+        half = (r[f"{col}_hi"] - r[f"{col}_lo"]) / 2
+        return f"{r[col]:.4f}" + ("" if math.isnan(half) else f" ± {half:.4f}")
 
     out = summary[list(by)].copy()
     out["runs"] = summary["runs"]
-    out["final test acc (±95% CI)"] = summary.apply(pm, axis=1)
+    out["final test acc (±95% CI)"] = summary.apply(pm, axis=1, col="final_test_acc")
     out["best test acc"] = summary["best_test_acc"].map(lambda v: _fmt(v, 4))
+    if summary["final_test_precise_acc"].notna().any():  # runs with train.precise_bn > 0
+        out["precise test acc (±95% CI)"] = summary.apply(pm, axis=1, col="final_test_precise_acc")
+    if summary["final_val_acc"].notna().any():  # runs with a validation split
+        out["final val acc"] = summary["final_val_acc"].map(lambda v: _fmt(v, 4))
     out["target"] = summary["target"]
     out["reached"] = [f"{r}/{n}" for r, n in zip(summary["reached"], summary["runs"])]
     out["steps to target"] = summary["steps_to_target"].map(lambda v: _fmt(v, 5))
@@ -73,8 +115,42 @@ def display_table(summary: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     out["failed"] = summary["failed"]
     out["params"] = summary["params"].map(lambda v: "–" if math.isnan(v) else f"{v:,.0f}")
     out["ms/step"] = summary["ms_per_step"].map(lambda v: _fmt(v, 3))
-    order = {n: i for i, n in enumerate(variant_order(out["norm"]))}
-    return out.sort_values([*by[1:], "norm"], key=lambda s: s.map(order) if s.name == "norm" else s, kind="stable")
+    return _sorted(out, by)
+
+
+def _sorted(table: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """Rows by setting, then by variant in the figures' order (bn first)."""
+    order = {n: i for i, n in enumerate(variant_order(table["norm"]))}
+    return table.sort_values([*by[1:], "norm"], key=lambda s: s.map(order) if s.name == "norm" else s, kind="stable")
+
+
+def _p(v: float) -> str:
+    if v is None or math.isnan(v):
+        return "–"
+    return "< 0.001" if v < 0.001 else f"{v:.3f}"
+
+
+def differences_display(diffs: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """The differences as the report shows them: one row per group, Δ [95% CI], p and Holm p per metric."""
+    by = list(by)
+    ref = diffs["reference"].iloc[0]
+    keys = diffs[by].drop_duplicates().reset_index(drop=True)
+    out = keys.copy()
+    out["runs (vs ref)"] = ""
+    for metric in [m for m in DIFF_LABELS if m in set(diffs["metric"])] + sorted(set(diffs["metric"]) - set(DIFF_LABELS)):
+        d = diffs[diffs["metric"] == metric]
+        cols = [*by, "n", "n_ref", "diff", "diff_lo", "diff_hi", "p", "p_holm"]
+        found = {tuple(map(str, r[: len(by)])): r for r in d[cols].itertuples(index=False, name=None)}
+        rows = [found.get(tuple(map(str, k))) for k in keys.itertuples(index=False, name=None)]
+        label = DIFF_LABELS.get(metric, metric)
+        out[f"{label} − {ref} [95% CI]"] = [
+            "–" if r is None else f"{r[-5]:+.4f}" + ("" if math.isnan(r[-4]) else f" [{r[-4]:+.4f}, {r[-3]:+.4f}]") for r in rows
+        ]
+        out[f"{label}: p"] = ["–" if r is None else _p(r[-2]) for r in rows]
+        out[f"{label}: Holm p"] = ["–" if r is None else _p(r[-1]) for r in rows]
+        if metric == "final_test_acc":
+            out["runs (vs ref)"] = ["–" if r is None else f"{r[-7]} vs {r[-6]}" for r in rows]
+    return _sorted(out, by)
 
 
 def _study_section(root: Path, runs: pd.DataFrame, target: float | None) -> list[str]:
@@ -111,10 +187,10 @@ def _study_section(root: Path, runs: pd.DataFrame, target: float | None) -> list
     return lines
 
 
-def _problem_runs(runs: pd.DataFrame, skipped: list[str]) -> list[str]:
+def _problem_runs(runs: pd.DataFrame, skipped: list[str], damaged: dict[str, str] | None = None) -> list[str]:
     bad = runs[runs["status"] != "completed"].sort_values("run")
     lines = ["## Failed, diverged and unfinished runs", ""]
-    if bad.empty and not skipped:
+    if bad.empty and not skipped and not damaged:
         return lines + ["None: every run completed."]
     lines += ["| run | status | step | diverged at | detail |", "|---|---|---|---|---|"]
     for r in bad.itertuples(index=False):
@@ -122,11 +198,59 @@ def _problem_runs(runs: pd.DataFrame, skipped: list[str]) -> list[str]:
         detail = f"`{err}`" if err.exists() else ""
         lines.append(f"| {r.run} | {r.status} | {_fmt(r.step)} | {_fmt(r.diverged_at)} | {detail} |")
     lines += [f"| {s} | unreadable | – | – | skipped |" for s in skipped]
+    lines += [f"| {run} | damaged | – | – | left out of every table and figure: {why} |" for run, why in (damaged or {}).items()]
     return lines
 
 
-def build_report(root: str | Path, out: str | Path | None = None, target: float | None = None) -> Path:
-    """Write ``out/report.md``, ``out/summary.csv`` and ``out/figures/`` for the runs under ``root``; return report.md."""
+def _one_study(root: Path, runs: pd.DataFrame) -> None:
+    """Refuse a folder holding several studies, naming each with its folder."""
+    studies = runs["study"].fillna("").astype(str)
+    names = sorted(set(studies))
+    if len(names) < 2:
+        return
+    parts = []
+    for name in names:
+        folders = [str(Path(d).parent.parent) for d in runs.loc[studies == name, "run_dir"]]  # <study>/<config>/seedN
+        parts.append(f"{name or '(no study)'} in {_shown(Path(os.path.commonpath(folders)))}")
+    raise MixedStudies(f"{root} holds {len(names)} studies ({'; '.join(parts)}): report each folder on its own")
+
+
+def _without_damaged(runs: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The runs that pass :func:`bnstudy.runs.check_run`, and ``{run: what is damaged}`` for the others."""
+    damaged = {}
+    for run, run_dir in zip(runs["run"], runs["run_dir"]):
+        problems = check_run(Path(run_dir))
+        if problems:
+            damaged[run] = "; ".join(problems)
+    return runs[~runs["run"].isin(list(damaged))].reset_index(drop=True), damaged
+
+
+def _code_lines(root: Path, runs: pd.DataFrame) -> list[str]:
+    """The commits the runs came from, and a warning (also on stderr) when they come from different training code."""
+    counts = runs["commit"].fillna(UNKNOWN).value_counts()
+    shown = [f"{c} ({n} run{'s' if n > 1 else ''})" for c, n in counts.items() if c != UNKNOWN]
+    if UNKNOWN in counts:
+        shown.append(f"unknown ({counts[UNKNOWN]} run{'s' if counts[UNKNOWN] > 1 else ''}: trained before provenance was recorded)")
+    lines = ["- code: commit " + ", ".join(shown)]
+    versions = runs["code"].dropna().nunique()
+    if versions > 1:
+        msg = (
+            f"these runs were trained by {versions} different versions of the training code; differences between "
+            f"groups may come from the code, not the factors (`bnstudy-runs {_shown(root)} --stale` names the changed files)"
+        )
+        print(f"warning: {msg}", file=sys.stderr)
+        lines.append(f"- **warning: {msg}**")
+    return lines
+
+
+def build_report(
+    root: str | Path, out: str | Path | None = None, target: float | None = None, reference: str | None = None
+) -> Path:
+    """Write ``out/report.md``, ``summary.csv``, ``differences.csv``, ``tuned.csv`` and ``figures/`` for ``root``; return report.md.
+
+    ``reference``: the variant the others are compared with (default ``bn``,
+    skipped with a note when absent; an explicit one must have runs).
+    """
     root = Path(root)
     out = Path(out) if out is not None else root
     with warnings.catch_warnings(record=True) as caught:
@@ -134,43 +258,143 @@ def build_report(root: str | Path, out: str | Path | None = None, target: float 
         runs = load_runs(root)
         if runs.empty:
             raise NoRuns(f"no runs under {root} (a run folder holds summary.json)")
+        _one_study(root, runs)
+        runs, damaged = _without_damaged(runs)
+        if runs.empty:
+            raise NoRuns(f"every run under {root} is damaged; `bnstudy-runs {root} --check` says how, and its sweep retrains them")
         metrics = load_metrics(root, runs)
     skipped = [str(w.message) for w in caught]
     for msg in skipped:
         print(f"warning: {msg}", file=sys.stderr)
+    for run, why in damaged.items():
+        print(f"warning: left out {run}: damaged ({why}); running its sweep again retrains it", file=sys.stderr)
+    code_lines = _code_lines(root, runs)
 
+    norms = sorted(runs["norm"].dropna().astype(str).unique())
+    if reference is not None and reference not in norms:
+        raise UnknownReference(f"no run used norm={reference}; give --reference one of: {', '.join(norms)}")
     by = group_columns(runs)
     summary = summary_table(runs, metrics, target=target, by=by)
     out.mkdir(parents=True, exist_ok=True)
     summary.to_csv(out / "summary.csv", index=False)
+    comparisons = _comparison_sections(runs, metrics, by, target, reference or "bn", out)
 
     figs = figures(runs, metrics)
     for name, fig in figs.items():
         save_figure(fig, out / "figures", name)
 
     lines = [f"# bnstudy report: {root.resolve().name}", ""]
-    lines += _study_section(root, runs, target) + [""]
+    lines += _study_section(root, runs, target) + code_lines + [""]
     lines += [
         "## Summary",
         "",
         "Per group of seeds. Final test accuracy: mean ± half-width of the 95% Student-t interval over finished runs "
         "(completed or diverged; one seed: no interval). Best: mean over runs of each run's best test accuracy. "
         "Steps and time to target: mean over the runs that reached it (reached = k/n); time is training wall-clock, "
-        "evaluation excluded. Raw numbers: `summary.csv`.",
+        "evaluation excluded. Raw numbers: `summary.csv`."
+        + (
+            " Precise test acc: the same evaluation after recomputing the BN-like running statistics over "
+            "`train.precise_bn` training batches with the current weights (– for runs without it or without BN-like layers)."
+            if summary["final_test_precise_acc"].notna().any()
+            else ""
+        )
+        + (" Final val acc: mean final accuracy on the held-out validation split." if summary["final_val_acc"].notna().any() else ""),
         "",
         markdown_table(display_table(summary, by)),
         "",
+        *comparisons,
         "## Figures",
         "",
     ]
     for name in figs:
-        title = FIGURE_TITLES.get(name) or f"Sensitivity to {name.removeprefix('sensitivity_')}"
+        title = figure_title(name)
         lines += [f"### {title}", "", f"![{title}](figures/{name}.png)", f"(vector: [figures/{name}.svg](figures/{name}.svg))", ""]
     lines += _probe_section(metrics, by, out)
-    lines += _problem_runs(runs, skipped) + [""]
+    lines += _problem_runs(runs, skipped, damaged) + [""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _differences_lines(
+    diffs: pd.DataFrame, runs: pd.DataFrame, by: list[str], reference: str, norms: list[str], what: str
+) -> list[str]:
+    """The differences block of one table (``runs``: the runs compared), or one line saying why there is none."""
+    if reference not in norms:
+        return [f"No `{reference}` runs here, so no differences vs a reference variant (`--reference NORM` picks another).", ""]
+    done = runs[runs["status"].isin(DONE)]
+    ref = {tuple(map(str, k[1:])) for k in done[done["norm"] == reference][by].itertuples(index=False, name=None)}
+    others = done[done["norm"] != reference][by].drop_duplicates()
+    unmatched = [k for k in others.itertuples(index=False, name=None) if tuple(map(str, k[1:])) not in ref]
+    # a variant run only where the reference was not (e.g. another init) is named, not silently dropped
+    note = (
+        [
+            f"Not compared (no finished `{reference}` runs in the same setting): "
+            + "; ".join(f"{k[0]}" + "".join(f", {c}={_fmt(v)}" for c, v in zip(by[1:], k[1:])) for k in unmatched)
+            + ".",
+            "",
+        ]
+        if unmatched
+        else []
+    )
+    if diffs.empty:
+        return [f"Nothing to compare: no other variant has finished runs in a setting that `{reference}` ran {what}.", ""] + note
+    n = int(diffs.groupby("metric").size().max())
+    return [
+        f"Each group minus `{reference}` in the same setting (every other factor equal) {what}, over finished runs: "
+        "the difference of the means with its 95% Welch interval, the two-sided Welch t-test p-value, and that p-value "
+        f"Holm-adjusted over the {n} comparison(s) of the same column. A group or its reference with one seed: "
+        "difference only.",
+        "",
+        markdown_table(differences_display(diffs, by)),
+        "",
+    ] + note
+
+
+def _comparison_sections(
+    runs: pd.DataFrame, metrics: pd.DataFrame, by: list[str], target: float | None, reference: str, out: Path
+) -> list[str]:
+    """Differences vs ``reference`` at the shared rate and the tuned-per-variant table; writes differences.csv, tuned.csv."""
+    norms = sorted(runs["norm"].dropna().astype(str).unique())
+    shared = differences(runs, by, reference)
+    lines = [f"### Differences vs `{reference}`", ""]
+    lines += _differences_lines(shared, runs, by, reference, norms, "at the same rate")
+    frames = [shared.assign(table="shared")]
+
+    lines += ["## Tuned per variant", ""]
+    try:
+        tuned, picked = tuned_summary(runs, metrics, target=target, by=by)
+    except Untunable as e:
+        (out / "tuned.csv").unlink(missing_ok=True)  # a stale table from earlier runs would contradict this report
+        lines += [f"Unavailable: {e}.", ""]
+    else:
+        setting = [c for c in by if c != "lr"]
+        tuned.to_csv(out / "tuned.csv", index=False)
+        shown = display_table(tuned, [*setting, "lr"]).rename(columns={"lr": "lr (chosen)"})
+        shown.insert(len(setting) + 1, "rates tried", tuned.loc[shown.index, "rates"])
+        shown.insert(len(setting) + 2, "val acc at chosen lr", tuned.loc[shown.index, "val_acc"].map(lambda v: _fmt(v, 4)))
+        lines += [
+            "Each group at its own learning rate: the rate with the best mean final *validation* accuracy over "
+            "finished seeds (a diverged seed without one scores 0; the test split is never used to choose), and the "
+            "test numbers of the runs at that rate, as in the summary above. Steps and time to target are at the "
+            "chosen rate too. Raw numbers: `tuned.csv`.",
+            "",
+            markdown_table(shown.drop(columns=["final val acc"], errors="ignore")),
+            "",
+            f"### Differences vs `{reference}`, each at its chosen rate",
+            "",
+        ]
+        tdiff = differences(picked, setting, reference)
+        lr_of = {tuple(map(str, k)): r for *k, r in tuned[[*setting, "lr"]].itertuples(index=False, name=None)}
+        ref_setting = [tuple(map(str, (reference, *k[1:]))) for k in tdiff[setting].itertuples(index=False, name=None)]  # norm first
+        tdiff["lr"] = [lr_of.get(tuple(map(str, k))) for k in tdiff[setting].itertuples(index=False, name=None)]
+        tdiff["ref_lr"] = [lr_of.get(k) for k in ref_setting]
+        lines += _differences_lines(tdiff, picked, setting, reference, norms, "at their chosen rates")
+        frames.append(tdiff.assign(table="tuned"))
+    diffs = pd.concat([f for f in frames if not f.empty] or frames[:1], ignore_index=True)
+    diffs = diffs[["table", *[c for c in diffs.columns if c != "table"]]]
+    diffs.to_csv(out / "differences.csv", index=False)
+    return lines
 
 
 def _probe_section(metrics: pd.DataFrame, by: list[str], out: Path) -> list[str]:
@@ -211,14 +435,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("dir", help="results folder holding run folders (searched recursively)")
     p.add_argument("--out", help="where report.md, summary.csv and figures/ go (default: DIR)")
     p.add_argument("--target", type=float, help="test accuracy for time-to-target (default: per dataset, e.g. mnist 0.97)")
+    p.add_argument("--reference", help="variant the others are compared with in the differences tables (default: bn)")
     a = p.parse_args(argv)
     if not Path(a.dir).is_dir():
         p.exit(2, f"error: {a.dir} is not a folder; give the out_dir of a run or sweep\n")
     if a.target is not None and not 0 < a.target <= 1:
         p.exit(2, f"error: --target is a test accuracy in (0, 1], got {a.target}\n")
     try:
-        path = build_report(a.dir, a.out, a.target)
-    except NoRuns as e:
+        path = build_report(a.dir, a.out, a.target, a.reference)
+    except (NoRuns, UnknownReference, MixedStudies) as e:
         p.exit(2, f"error: {e}\n")
     print(path)
 

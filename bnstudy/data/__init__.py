@@ -156,7 +156,7 @@ def _have(raw: Path) -> bool:
 
 def _gunzip(src: Path, dst: Path) -> None:
     """Decompress ``src`` to ``dst`` atomically; a truncated archive is an error naming it."""
-    tmp = dst.with_suffix(".tmp")
+    tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")  # per process: parallel jobs of a sweep may prepare at once
     try:
         with gzip.open(src, "rb") as fi, open(tmp, "wb") as fo:
             shutil.copyfileobj(fi, fo)
@@ -233,9 +233,39 @@ def _iter_tar(path: Path):
         raise DataError(f"{path} is corrupt or truncated ({e}); restore it (sha256sum -c SHA256SUMS in the mirror)") from None
 
 
-def _decode_jpeg_tree(items, where: str) -> Raw:
-    from torchvision.io import ImageReadMode, decode_jpeg
+def decode_jpegs(blobs: list[bytes], where: str) -> torch.Tensor:
+    """JPEG files' bytes -> one uint8 tensor (N, 3, H, W) of RGB pixels, decoded by Pillow.
 
+    It replaces torchvision's ``decode_jpeg`` (deprecated since torchvision 0.29),
+    which decoded the committed ``cifar_vgg`` runs: on all 60,000 images of the
+    CIFAR-10-JPEG archive the two give identical pixels, so caches and results
+    made with either agree.
+    """
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    if not blobs:
+        return torch.empty(0, 3, 32, 32, dtype=torch.uint8)
+    out: np.ndarray | None = None
+    for i, blob in enumerate(blobs):
+        try:
+            with Image.open(io.BytesIO(blob)) as im:
+                if im.format != "JPEG":
+                    raise OSError(f"a {im.format} image, not a JPEG")
+                pixels = np.asarray(im.convert("RGB"))  # (H, W, 3); a grey JPEG gets its channel repeated
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise DataError(f"{where}: image {i} is not a readable JPEG ({e}); restore the archive") from None
+        if out is None:
+            out = np.empty((len(blobs), *pixels.shape), dtype=np.uint8)
+        elif pixels.shape != out.shape[1:]:
+            raise DataError(f"{where}: image {i} is {pixels.shape[1]}x{pixels.shape[0]}, the first was {out.shape[2]}x{out.shape[1]}")
+        out[i] = pixels
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()  # (N, H, W, C) -> (N, C, H, W)
+
+
+def _decode_jpeg_tree(items, where: str) -> Raw:
     buckets: dict[str, list[tuple[str, int, bytes]]] = {"train": [], "test": []}
     for split, cls, fname, blob in items:
         if split in buckets and cls in CIFAR_CLASSES:
@@ -245,12 +275,7 @@ def _decode_jpeg_tree(items, where: str) -> Raw:
         rows = sorted(buckets[split])  # deterministic order whatever the tar's
         if len(rows) != expected:
             raise DataError(f"{where}: {split} has {len(rows)} images, expected {expected}; the archive is incomplete")
-        blobs = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for _, _, b in rows]
-        try:
-            imgs = decode_jpeg(blobs, mode=ImageReadMode.RGB)
-        except RuntimeError as e:
-            raise DataError(f"{where}: a {split} JPEG is corrupt ({e}); restore the archive") from None
-        x = torch.stack(imgs)  # (N, 3, 32, 32) uint8
+        x = decode_jpegs([b for _, _, b in rows], f"{where} ({split})")  # (N, 3, 32, 32) uint8
         if x.shape[1:] != (3, 32, 32):
             raise DataError(f"{where}: {split} images are {tuple(x.shape[1:])}, expected (3, 32, 32)")
         out += [x, torch.tensor([y for _, y, _ in rows], dtype=torch.long)]

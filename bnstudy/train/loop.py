@@ -8,6 +8,7 @@ no host sync (losses stay on the device until a log point reads them).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -15,6 +16,7 @@ import random
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -25,8 +27,9 @@ from torch import nn
 
 from bnstudy import data as data_lib
 from bnstudy.config import RunConfig, factors
-from bnstudy.errors import ConfigError
+from bnstudy.errors import CheckpointError, ConfigError
 from bnstudy.models import build_model, count_params
+from bnstudy.provenance import provenance
 from bnstudy.runs import MetricsLog, read_summary, write_json
 
 CHECKPOINT = "checkpoint.pt"
@@ -108,7 +111,16 @@ def validate(cfg: RunConfig) -> None:
     if cfg.model.pool not in POOLS:
         raise ConfigError(f"unknown model.pool '{cfg.model.pool}'; choose one of: {', '.join(POOLS)}")
     variant(cfg.norm.name)
+    from bnstudy.models import MODELS
+
+    if cfg.model.name not in MODELS:
+        raise ConfigError(f"unknown model '{cfg.model.name}'; choose one of: {', '.join(MODELS)}")
     s = data_lib.spec(cfg.data)
+    if not 0 <= cfg.data.val_size < s.train_size:
+        raise ConfigError(
+            f"data.val_size={cfg.data.val_size} must be >= 0 and below the {s.train_size} training examples of {cfg.data.name}"
+            " (it holds that many out for validation); lower it"
+        )
     n_train = s.train_size - cfg.data.val_size
     if t.batch_size > n_train:
         raise ConfigError(
@@ -331,6 +343,11 @@ def eval_hook(state: State) -> None:
 
 def checkpoint_hook(state: State) -> None:
     """Everything needed to continue bit-for-bit, written atomically; the summary shows the progress."""
+    if state.step >= state.cfg.train.steps:
+        # the run completes right after this hook and writes its summary; a checkpoint
+        # here would be deleted at once, and failing to write it (a full disk) would
+        # turn a finished run into a failed one
+        return
     save_checkpoint(state)
     if state.summarize is not None:
         write_json(state.run_dir / "summary.json", state.summarize("running"))
@@ -363,13 +380,43 @@ def save_checkpoint(state: State) -> None:
     }
     path = state.run_dir / CHECKPOINT
     tmp = path.with_name(f".{CHECKPOINT}.{os.getpid()}.tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:  # a Python file: a full disk is an OSError (ENOSPC), not a bare RuntimeError
+            torch.save(ckpt, f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # frees the space a half-written checkpoint took, for the failure record
+        raise
 
 
 def load_checkpoint(state: State) -> None:
-    """Restore a :func:`save_checkpoint` file into ``state``."""
-    ckpt = torch.load(state.run_dir / CHECKPOINT, map_location=state.device, weights_only=False)
+    """Restore a :func:`save_checkpoint` file into ``state``; one that cannot be used is a :class:`CheckpointError`.
+
+    The file is loaded with ``weights_only=True``: tensors, numbers, strings and
+    containers of them only, so a checkpoint placed in a shared run folder cannot
+    run code.
+    """
+    path = state.run_dir / CHECKPOINT
+    fix = "delete it (or run with force=true) to train this run from the start"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. torch's note on a foreign pickle protocol: the error below says it all
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - foreign, truncated, corrupt, unreadable: all end the same way
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        if lines[0].startswith("Weights only load failed"):
+            found = [ln.strip() for ln in lines if "Unsupported" in ln]
+            reason = "it holds objects other than tensors and numbers" + (f" ({found[0][:120]})" if found else "")
+        else:
+            reason = lines[0][:200]
+        raise CheckpointError(f"cannot resume from {path}: not a checkpoint bnstudy can load: {reason}; {fix}") from None
+    try:
+        _restore(state, ckpt)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise CheckpointError(f"cannot resume from {path}: it does not fit this run ({type(e).__name__}: {str(e)[:200]}); {fix}") from None
+
+
+def _restore(state: State, ckpt: dict[str, Any]) -> None:
     _raw(state.model).load_state_dict(ckpt["model"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
     if state.scheduler and ckpt["scheduler"]:
@@ -378,7 +425,8 @@ def load_checkpoint(state: State) -> None:
     torch.set_rng_state(ckpt["rng"]["torch"])
     if ckpt["rng"]["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-    random.setstate(ckpt["rng"]["python"])
+    version, internal, gauss = ckpt["rng"]["python"]
+    random.setstate((version, tuple(internal), gauss))
     state.step = ckpt["step"]
     state.losses = [torch.tensor(v, device=state.device) for v in ckpt["losses"]]
     state.train_seconds = ckpt["train_seconds"]
@@ -387,7 +435,17 @@ def load_checkpoint(state: State) -> None:
     state.last_train_loss = ckpt["last_train_loss"]
     state.last_eval = ckpt["last_eval"]
     state.best_acc = ckpt["best_acc"]
-    state.extra = ckpt["extra"]
+    state.extra = _to_device(ckpt["extra"], state.device)  # loaded on the CPU (RNG states must stay there)
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
 
 
 def _raw(model: nn.Module) -> nn.Module:
@@ -424,6 +482,7 @@ def summary(state: State, status: str, params: int, started: float, **more: Any)
         "factors": factors(state.cfg),
         "run": f"{state.run_dir.parent.name}/{state.run_dir.name}",
         "device": str(state.device),
+        "provenance": provenance(state.device),  # code and machine: what `bnstudy-runs --stale` compares
         "updated": time.time(),
         "started": started,
         **more,
@@ -471,20 +530,22 @@ def train_run(
     batches = Batches(data.train_x.shape[0], cfg.train.batch_size, cfg.seed, device)
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    for tmp in [*run_dir.glob(".*.tmp"), *run_dir.glob(".hydra/.*.tmp")]:
+        tmp.unlink(missing_ok=True)  # left by a write that failed (a full disk) or a killed process
     ckpt_path = run_dir / CHECKPOINT
     resume = ckpt_path.exists() and not cfg.force
     if not resume:
         ckpt_path.unlink(missing_ok=True)
         (run_dir / "error.txt").unlink(missing_ok=True)
+    state = State(cfg, run_dir, device, data, model, optimizer, scheduler, batches, log=None)  # type: ignore[arg-type]
+    if resume:
+        load_checkpoint(state)  # before any file is written: a checkpoint that cannot be used changes nothing
+        log.info("resumed %s from step %d", run_dir, state.step)
     from omegaconf import OmegaConf  # local: the loop itself never needs Hydra
 
     from bnstudy.runs import atomic_write_text
 
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(cfg.to_dict())))
-
-    state = State(cfg, run_dir, device, data, model, optimizer, scheduler, batches, log=None)  # type: ignore[arg-type]
-    if resume:
-        load_checkpoint(state)
     state.log = MetricsLog(
         run_dir / "metrics.csv",
         resume_step=state.step if resume else None,
@@ -524,13 +585,15 @@ def train_run(
         write_json(run_dir / "summary.json", summary(state, "interrupted", params, started, reason=e.reason, **ids))
         raise
     except KeyboardInterrupt:
-        # leave status running and the checkpoint in place: the same command resumes
-        state.log.close()
-        raise
-    except Exception:
-        (run_dir / "error.txt").write_text(traceback.format_exc())
-        state.log.close()
-        write_json(run_dir / "summary.json", summary(state, "failed", params, started, error="error.txt", **ids))
+        # a Ctrl-C inside a step (no stop request installed, or pressed twice): the step may be
+        # half done, so the last checkpoint stays the point the same command resumes from
+        with contextlib.suppress(OSError):
+            state.log.close()
+        with contextlib.suppress(OSError):
+            write_json(run_dir / "summary.json", summary(state, "interrupted", params, started, reason="Ctrl-C", **ids))
+        raise Interrupted("Ctrl-C", state.step) from None
+    except Exception as e:
+        _record_failure(state, e, summary(state, "failed", params, started, error="error.txt", reason=_reason(e, run_dir), **ids))
         raise
     finally:
         if bar is not None:
@@ -542,12 +605,44 @@ def train_run(
     return result
 
 
+def _reason(e: BaseException, run_dir: Path) -> str:
+    """One line on why a run failed, for its summary."""
+    x: BaseException | None = e
+    while x is not None:  # torch's writer wraps a full disk in a RuntimeError
+        if isinstance(x, OSError) and x.errno == errno.ENOSPC:
+            return f"no space left on the device holding {run_dir}"
+        x = x.__cause__ or x.__context__
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}".rstrip(": ")
+
+
+def _record_failure(state: State, e: BaseException, failed: dict[str, Any]) -> None:
+    """Leave ``status: failed`` with the reason and the traceback in error.txt, as far as the disk allows."""
+    from bnstudy.runs import atomic_write_text
+
+    with contextlib.suppress(OSError):
+        state.log.close()
+    with contextlib.suppress(OSError):  # the summary first: it is small, and it is what sweeps and reports read
+        write_json(state.run_dir / "summary.json", failed)
+    with contextlib.suppress(OSError):
+        atomic_write_text(state.run_dir / "error.txt", "".join(traceback.format_exception(e)))
+
+
 def eval_hook_safe(state: State) -> None:
     """Evaluate a diverged model for the record; non-finite outputs are fine here."""
     try:
         eval_hook(state)
     except Exception:  # noqa: BLE001 - a broken model must not hide the divergence result
         pass
+
+
+def _progress_line(state: State) -> str:
+    """``step 500/5000  train loss 0.2713  test acc 0.9412  (3.1 s)``; a value not measured yet is left out."""
+    parts = [f"step {state.step}/{state.cfg.train.steps}"]
+    if not math.isnan(state.last_train_loss):  # nan until the first log point averages the losses
+        parts.append(f"train loss {state.last_train_loss:.4f}")
+    if "test/acc" in state.last_eval:
+        parts.append(f"test acc {state.last_eval['test/acc']:.4f}")
+    return "  ".join(parts) + f"  ({state.train_seconds:.1f} s)"
 
 
 def _loop(state: State, hooks: list[Hook], bar, stop: StopRequest | None = None) -> None:
@@ -602,10 +697,7 @@ def _loop(state: State, hooks: list[Hook], bar, stop: StopRequest | None = None)
             bar.update(state.step - bar.n)
             bar.set_postfix(loss=f"{state.last_train_loss:.4f}", acc=state.last_eval.get("test/acc", float("nan")))
         elif cfg.train.eval_every and (state.step % cfg.train.eval_every == 0 or state.step == steps):
-            log.info(
-                "step %d/%d  train loss %.4f  test acc %.4f  (%.1f s)",
-                state.step, steps, state.last_train_loss, state.last_eval.get("test/acc", float("nan")), state.train_seconds,
-            )
+            log.info("%s", _progress_line(state))
         t_last = time.perf_counter()
         state.hook_seconds += t_last - t_hooks
         due = next_due(state.step)
