@@ -23,8 +23,8 @@
 #   job that dies without writing its result leaves the launcher waiting. SLURM_LOCAL_ACCOUNTING=0
 #   skips MariaDB and slurmdbd (a quicker install; sacct then fails).
 # - AuthInfo=cred_expire=10: a requeued job (after its time limit) may start again 10 s later
-#   instead of SLURM's default 120 s; SchedulerParameters=bf_interval=5: the backfill scheduler,
-#   which starts such a job, looks every 5 s instead of 30 s.
+#   instead of SLURM's default 120 s; SchedulerParameters=bf_interval=5,sched_interval=5: the
+#   schedulers, which start such a job once that delay is over, look every 5 s (defaults 30, 60 s).
 # - munged runs as the munge user (it refuses root), as the packaged service would.
 #
 # Logs: $SLURM_LOCAL_DIR/log/{apt,mariadb,slurmdbd,slurmctld,slurmd}.log, /var/log/munge/munged.log
@@ -200,7 +200,7 @@ SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=1024
 EnforcePartLimits=ALL
 SchedulerType=sched/backfill
-SchedulerParameters=bf_interval=5
+SchedulerParameters=bf_interval=5,sched_interval=5
 ReturnToService=2
 SlurmctldTimeout=30
 SlurmdTimeout=60

@@ -39,7 +39,7 @@ def test_weight_variance_matches_the_definition(init, model, act):
         assert abs(float(w.detach().mean())) < 5 * math.sqrt(want / n) + 1e-6
     for m in net.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)) and m.bias is not None:
-            assert float(m.bias.abs().max()) == 0.0
+            assert float(m.bias.detach().abs().max()) == 0.0
 
 
 def test_init_definitions():
