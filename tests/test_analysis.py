@@ -342,8 +342,8 @@ def test_differences_vs_reference(loaded) -> None:
 def test_differences_match_the_setting_and_correct_per_column(tmp_path: Path) -> None:
     for lr, base in ((0.1, 0.90), (1.0, 0.80)):
         for seed in range(3):
-            write_run(tmp_path, "bn", seed, [base + 0.01 * seed], lr=lr)
-            write_run(tmp_path, "affine", seed, [base - 0.05 + 0.02 * seed], lr=lr, precise=base + 0.01 * seed)
+            write_run(tmp_path, "bn", seed, [base + 0.01 * seed], lr=lr, precise=base + 0.015 + 0.01 * seed)
+            write_run(tmp_path, "affine", seed, [base - 0.05 + 0.02 * seed], lr=lr)
     for seed in range(2):
         write_run(tmp_path, "none", seed, [0.5 + 0.01 * seed], lr=3.0)  # no bn at lr 3: no comparison
     runs = A.load_runs(tmp_path)
@@ -354,12 +354,21 @@ def test_differences_match_the_setting_and_correct_per_column(tmp_path: Path) ->
     assert fin.loc[0.1, "ref_mean"] == pytest.approx(0.91) and fin.loc[1.0, "ref_mean"] == pytest.approx(0.81)
     assert fin["p_holm"].tolist() == pytest.approx(A.holm(fin["p"]).tolist())  # a family of two
     assert (fin["p_holm"] > fin["p"]).all()
-    # bn has no precise accuracy, so precise rows need a reference that has it
-    assert "final_test_precise_acc" not in set(d["metric"])
+    # affine has no running statistics: its precise accuracy is its accuracy, compared with bn's precise one
+    pre = d[d["metric"] == "final_test_precise_acc"].set_index("lr")
+    assert pre.loc[0.1, "diff"] == pytest.approx(0.87 - 0.925) and pre.loc[0.1, "ref_mean"] == pytest.approx(0.925)
     s = A.summary_table(runs, A.load_metrics(tmp_path, runs)).set_index(["norm", "lr"])
-    assert s.loc[("affine", 0.1), "final_test_precise_acc"] == pytest.approx(0.91)
-    assert s.loc[("affine", 0.1), "final_test_precise_acc_hi"] - 0.91 == pytest.approx(A.t_quantile(0.95, 2) * 0.01 / math.sqrt(3))
-    assert math.isnan(s.loc[("bn", 0.1), "final_test_precise_acc"]) and math.isnan(s.loc[("bn", 0.1), "final_val_acc"])
+    assert s.loc[("bn", 0.1), "final_test_precise_acc"] == pytest.approx(0.925)
+    assert s.loc[("bn", 0.1), "final_test_precise_acc_hi"] - 0.925 == pytest.approx(A.t_quantile(0.95, 2) * 0.01 / math.sqrt(3))
+    assert s.loc[("affine", 0.1), "final_test_precise_acc"] == pytest.approx(s.loc[("affine", 0.1), "final_test_acc"])
+    assert math.isnan(s.loc[("bn", 0.1), "final_val_acc"])
+
+
+def test_no_precise_column_without_precise_runs(tmp_path: Path) -> None:
+    for seed in range(2):
+        write_run(tmp_path, "bn", seed, [0.9])
+        write_run(tmp_path, "affine", seed, [0.8])
+    assert A.load_runs(tmp_path)["final_test_precise_acc"].isna().all()
 
 
 def test_missing_init_and_pool_read_as_the_old_defaults(tmp_path: Path) -> None:

@@ -136,7 +136,23 @@ def load_runs(root: str | Path) -> pd.DataFrame:
     df = df.reindex(columns=columns + extra)
     for c in ("step", "params", "diverged_at"):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
+    _fill_precise(df)
     return df.reset_index(drop=True)
+
+
+def _fill_precise(df: pd.DataFrame) -> None:
+    """Where some runs have precise-statistics accuracy, give it to variants without running statistics too.
+
+    Precise BN recomputes running statistics; a variant without them (``affine``,
+    ``none``, ``layernorm``, ...) evaluates the same either way, so its precise
+    accuracy is its accuracy, and "precise bn − affine" is a fair comparison.
+    """
+    from bnstudy.norm import NORMS
+
+    if not pd.to_numeric(df["final_test_precise_acc"], errors="coerce").notna().any():
+        return
+    plain = df["norm"].map(lambda n: n in NORMS and not NORMS[n].running_stats)
+    df.loc[plain, "final_test_precise_acc"] = df.loc[plain, "final_test_acc"]
 
 
 def _read_metrics(path: Path) -> pd.DataFrame:
