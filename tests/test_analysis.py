@@ -429,3 +429,18 @@ def test_untunable_says_why(tmp_path: Path, loaded) -> None:
         write_run(tmp_path / "sweep", "bn", 0, [0.9], lr=lr)
     with pytest.raises(A.Untunable, match="no run has a validation split"):
         A.choose_rates(A.load_runs(tmp_path / "sweep"))
+
+
+def test_precise_reruns_are_their_own_group(tmp_path: Path) -> None:
+    # a study's bn re-run with precise statistics (same seeds) must not be pooled with its earlier
+    # standard-evaluation runs; affine counts as evaluated precisely where bn was
+    for seed in range(3):
+        write_run(tmp_path / "old", "bn", seed, [0.85])
+        write_run(tmp_path / "new", "bn", seed, [0.86], precise=0.90 + 0.001 * seed)
+        write_run(tmp_path / "old", "affine", seed, [0.88 + 0.001 * seed])
+    runs = A.load_runs(tmp_path)
+    groups = runs.groupby(["norm", "precise_bn"]).size().to_dict()
+    assert groups == {("bn", False): 3, ("bn", True): 3, ("affine", True): 3}
+    d = A.differences(runs).set_index("metric")
+    assert d.loc["final_test_precise_acc", "ref_mean"] == pytest.approx(0.901)
+    assert d.loc["final_test_precise_acc", "mean"] == pytest.approx(0.881)

@@ -35,6 +35,7 @@ FACTORS = [
     "activation",
     "init",
     "pool",
+    "precise_bn",
     "augment",
     "study",
 ]
@@ -141,18 +142,30 @@ def load_runs(root: str | Path) -> pd.DataFrame:
 
 
 def _fill_precise(df: pd.DataFrame) -> None:
-    """Where some runs have precise-statistics accuracy, give it to variants without running statistics too.
+    """The ``precise_bn`` factor, and precise-statistics accuracy for variants without running statistics.
 
-    Precise BN recomputes running statistics; a variant without them (``affine``,
-    ``none``, ``layernorm``, ...) evaluates the same either way, so its precise
-    accuracy is its accuracy, and "precise bn − affine" is a fair comparison.
+    ``precise_bn`` (bool) says whether a run was evaluated with recomputed
+    statistics (``train.precise_bn`` > 0): true where the run logged a precise
+    accuracy. Precise BN recomputes running statistics; a variant without them
+    (``affine``, ``none``, ``layernorm``, ...) evaluates the same either way, so
+    its precise accuracy is its accuracy, and it counts as evaluated precisely
+    wherever a BN-like run of its setting (same other factors) was — so that
+    "precise bn − affine" is compared, and a study's earlier standard-evaluation
+    runs of bn stay a group of their own instead of being pooled with the
+    precise re-runs of the same seeds.
     """
     from bnstudy.norm import NORMS
 
-    if not pd.to_numeric(df["final_test_precise_acc"], errors="coerce").notna().any():
+    has = pd.to_numeric(df["final_test_precise_acc"], errors="coerce").notna()
+    if not has.any():
         return
     plain = df["norm"].map(lambda n: n in NORMS and not NORMS[n].running_stats)
-    df.loc[plain, "final_test_precise_acc"] = df.loc[plain, "final_test_acc"]
+    df["precise_bn"] = has
+    setting = [c for c in FACTORS if c in df.columns and c not in ("norm", "seed", "precise_bn")]
+    key = df[setting].astype(str).agg("|".join, axis=1)
+    precise_settings = set(key[has & ~plain])
+    df.loc[plain, "precise_bn"] = key[plain].isin(precise_settings)
+    df.loc[plain, "final_test_precise_acc"] = df.loc[plain, "final_test_acc"].where(df.loc[plain, "precise_bn"].astype(bool))
 
 
 def _read_metrics(path: Path) -> pd.DataFrame:
