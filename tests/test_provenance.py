@@ -12,30 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from bnstudy.config import RunConfig
 from bnstudy.provenance import UNKNOWN, current_code, git_state, stale_files
 from bnstudy.runs import check_run
 from bnstudy.train import train_run
 
 from .conftest import ROOT, cli, have_real
+from .test_report import tiny
 
 FAST = ["data=synthetic", "train.progress=off", "train.steps=20", "train.eval_every=10", "train.log_every=10"]
-
-
-def tiny(norm: str = "bn", seed: int = 0, study: str = "tiny") -> RunConfig:
-    """A few steps of a small MLP on synthetic data."""
-    return RunConfig.from_dict(
-        {
-            "data": {"name": "synthetic", "train_size": 256, "test_size": 128},
-            "model": {"name": "mlp", "depth": 2, "width": 16},
-            "norm": {"name": norm},
-            "optim": {"lr": 0.5},
-            "train": {"steps": 30, "batch_size": 32, "eval_every": 10, "log_every": 5, "progress": "off", "threads": 1},
-            "seed": seed,
-            "device": "cpu",
-            "study": study,
-        }
-    )
 
 
 def train(root: Path, norm: str = "bn", seed: int = 0, study: str = "tiny") -> Path:

@@ -16,7 +16,7 @@ from bnstudy.train import train_run
 NORMS = ("bn", "affine", "none")
 
 
-def tiny(norm: str, seed: int) -> RunConfig:
+def tiny(norm: str = "bn", seed: int = 0, study: str = "tiny") -> RunConfig:
     """~30 steps of a small MLP on synthetic data: enough for curves, fast on two CPU cores."""
     return RunConfig.from_dict(
         {
@@ -27,7 +27,7 @@ def tiny(norm: str, seed: int) -> RunConfig:
             "train": {"steps": 30, "batch_size": 32, "eval_every": 10, "log_every": 5, "progress": "off", "threads": 1},
             "seed": seed,
             "device": "cpu",
-            "study": "tiny",
+            "study": study,
         }
     )
 
