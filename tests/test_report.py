@@ -63,6 +63,10 @@ def test_report_on_a_sweep(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFi
         for ext in ("png", "svg"):
             assert (out / "figures" / f"{name}.{ext}").stat().st_size > 1000
     assert "sensitivity" not in text  # only the variant varies
+    main([str(sweep), "--out", str(out), "--no-svg"])  # PNG only: the SVGs and their links go
+    capsys.readouterr()
+    assert not list((out / "figures").glob("*.svg")) and "(vector:" not in (out / "report.md").read_text()
+    assert (out / "figures" / "test_acc_vs_step.png").stat().st_size > 1000
     assert "init=default" in text and "pool=max" in text  # every run's init among the fixed factors
     assert "### Differences vs `bn`" in text and "| affine | 2 vs 2 |" in text and "Holm-adjusted over the 2 comparison(s)" in text
     assert "Unavailable: the study runs one lr (lr=0.5)" in text and not (out / "tuned.csv").exists()

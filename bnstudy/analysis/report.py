@@ -244,12 +244,18 @@ def _code_lines(root: Path, runs: pd.DataFrame) -> list[str]:
 
 
 def build_report(
-    root: str | Path, out: str | Path | None = None, target: float | None = None, reference: str | None = None
+    root: str | Path,
+    out: str | Path | None = None,
+    target: float | None = None,
+    reference: str | None = None,
+    vector: bool = True,
 ) -> Path:
     """Write ``out/report.md``, ``summary.csv``, ``differences.csv``, ``tuned.csv`` and ``figures/`` for ``root``; return report.md.
 
     ``reference``: the variant the others are compared with (default ``bn``,
     skipped with a note when absent; an explicit one must have runs).
+    ``vector``: also write each figure as SVG (large for figures of many runs;
+    off keeps a committed study small).
     """
     root = Path(root)
     out = Path(out) if out is not None else root
@@ -280,8 +286,11 @@ def build_report(
     comparisons = _comparison_sections(runs, metrics, by, target, reference or "bn", out)
 
     figs = figures(runs, metrics)
+    formats = ("png", "svg") if vector else ("png",)
     for name, fig in figs.items():
-        save_figure(fig, out / "figures", name)
+        save_figure(fig, out / "figures", name, formats=formats)
+        if not vector:
+            (out / "figures" / f"{name}.svg").unlink(missing_ok=True)  # a stale vector copy would not match
 
     lines = [f"# bnstudy report: {root.resolve().name}", ""]
     lines += _study_section(root, runs, target) + code_lines + [""]
@@ -308,7 +317,8 @@ def build_report(
     ]
     for name in figs:
         title = figure_title(name)
-        lines += [f"### {title}", "", f"![{title}](figures/{name}.png)", f"(vector: [figures/{name}.svg](figures/{name}.svg))", ""]
+        vec = [f"(vector: [figures/{name}.svg](figures/{name}.svg))"] if vector else []
+        lines += [f"### {title}", "", f"![{title}](figures/{name}.png)", *vec, ""]
     lines += _probe_section(metrics, by, out)
     lines += _problem_runs(runs, skipped, damaged) + [""]
     path = out / "report.md"
@@ -436,13 +446,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", help="where report.md, summary.csv and figures/ go (default: DIR)")
     p.add_argument("--target", type=float, help="test accuracy for time-to-target (default: per dataset, e.g. mnist 0.97)")
     p.add_argument("--reference", help="variant the others are compared with in the differences tables (default: bn)")
+    p.add_argument("--no-svg", action="store_true", help="write figures as PNG only (SVGs of many-run figures are large)")
     a = p.parse_args(argv)
     if not Path(a.dir).is_dir():
         p.exit(2, f"error: {a.dir} is not a folder; give the out_dir of a run or sweep\n")
     if a.target is not None and not 0 < a.target <= 1:
         p.exit(2, f"error: --target is a test accuracy in (0, 1], got {a.target}\n")
     try:
-        path = build_report(a.dir, a.out, a.target, a.reference)
+        path = build_report(a.dir, a.out, a.target, a.reference, vector=not a.no_svg)
     except (NoRuns, UnknownReference, MixedStudies) as e:
         p.exit(2, f"error: {e}\n")
     print(path)
