@@ -289,3 +289,26 @@ def test_freeze_after_splits_only_bn_frozen(tmp_path: Path) -> None:
     assert [len(c) for c in curves] == [2, 2]  # bn_frozen and the bn reference in each
     marks = [[line.get_xdata()[0] for line in ax.get_lines() if line.get_label() == "_freeze"] for ax in panels]
     assert marks == [[100], [1000]]  # where each panel's runs froze
+
+
+def test_late_probe_table_averages_the_second_half(probed: Path, tmp_path: Path) -> None:
+    from bnstudy.analysis import load_metrics, load_runs
+    from bnstudy.analysis.aggregate import late_probe_table, late_probes
+
+    runs = load_runs(probed)
+    metrics = load_metrics(probed, runs)
+    late = late_probes(runs, metrics).set_index("run")
+    run = runs[(runs["norm"] == "bn") & (runs["lr"] == 0.5) & (runs["seed"] == 0)]["run"].iloc[0]
+    m = metrics[metrics["run"] == run]
+    beta = m[(m["metric"] == "landscape/beta_smooth") & (m["step"] > 15)]["value"]
+    assert late.loc[run, "landscape/beta_smooth"] == pytest.approx(beta.mean())  # steps 20 and 30 of 30
+    eff = m[m["metric"].str.fullmatch(r"layer\d+/eff_step") & (m["step"] > 15)]
+    assert late.loc[run, "eff_step"] == pytest.approx(eff.groupby("step")["value"].mean().mean())
+    assert pd.isna(late.loc[runs[runs["norm"] == "affine"]["run"].iloc[0], "eff_lr"])  # not scale-invariant
+    table = late_probe_table(runs, metrics, ["norm", "lr"]).set_index(["norm", "lr"])
+    assert table.loc[("bn", 0.5), "runs"] == 2
+    out = tmp_path / "r"
+    main([str(probed), "--out", str(out), "--no-svg"])
+    text = (out / "report.md").read_text()
+    assert "## Landscape and weight probes, second half of training" in text and (out / "late_probes.csv").exists()
+    assert "| affine | 0.5 | β-smoothness |" in text  # the difference vs bn

@@ -319,6 +319,7 @@ def build_report(
         title = figure_title(name)
         vec = [f"(vector: [figures/{name}.svg](figures/{name}.svg))"] if vector else []
         lines += [f"### {title}", "", f"![{title}](figures/{name}.png)", *vec, ""]
+    lines += _late_probe_section(runs, metrics, by, out, reference or "bn")
     lines += _probe_section(metrics, by, out)
     lines += _problem_runs(runs, skipped, damaged) + [""]
     path = out / "report.md"
@@ -404,6 +405,48 @@ def _comparison_sections(
     diffs = pd.concat([f for f in frames if not f.empty] or frames[:1], ignore_index=True)
     diffs = diffs[["table", *[c for c in diffs.columns if c != "table"]]]
     diffs.to_csv(out / "differences.csv", index=False)
+    return lines
+
+
+def _late_probe_section(runs: pd.DataFrame, metrics: pd.DataFrame, by: list[str], out: Path, reference: str) -> list[str]:
+    """Landscape and weight probes over the second half of training, per group and vs the reference (late_probes.csv)."""
+    from bnstudy.analysis.aggregate import LATE_PROBES, late_probe_table, late_probes
+
+    table = late_probe_table(runs, metrics, by)
+    if table.empty:
+        return []
+    table.to_csv(out / "late_probes.csv", index=False)
+    qs = [q for q in LATE_PROBES if q in table.columns]
+    shown = table[[*by, "runs"]].copy()
+    for q in qs:
+        shown[LATE_PROBES[q]] = [
+            "–" if pd.isna(m) else f"{_fmt(m, 3)} [{_fmt(lo, 3)}, {_fmt(hi, 3)}]" for m, lo, hi in zip(table[q], table[f"{q}_lo"], table[f"{q}_hi"])
+        ]
+    late = runs.merge(late_probes(runs, metrics), on="run")
+    diffs = differences(late, by, reference, metrics=qs)
+    lines = [
+        "## Landscape and weight probes, second half of training",
+        "",
+        "Per run, the mean of each probe over the probes after half of its steps (weight rows: also over the layers "
+        "that log them), then mean and 95% interval over seeds. Loss range, gradient change (‖∇L(θ − ηg) − ∇L(θ)‖, "
+        "max over η) and β-smoothness: lower is smoother (Santurkar et al. 2018). ‖W‖: norm of a layer's weights; "
+        "effective step: ‖W_t − W_{t−k}‖ / ‖W_{t−k}‖ / k; lr/‖W‖²: the effective rate of a scale-invariant layer. "
+        "Raw numbers: `late_probes.csv`.",
+        "",
+        markdown_table(shown),
+        "",
+    ]
+    if not diffs.empty:
+        d = diffs.copy()
+        d["difference"] = [f"{_fmt(v, 3)} [{_fmt(lo, 3)}, {_fmt(hi, 3)}]" for v, lo, hi in zip(d["diff"], d["diff_lo"], d["diff_hi"])]
+        d["p"], d["Holm p"] = d["p"].map(_p), d["p_holm"].map(_p)
+        d["quantity"] = d["metric"].map(LATE_PROBES)
+        lines += [
+            f"Differences vs `{reference}` in the same setting (Welch 95% interval; Holm over the rows of one quantity):",
+            "",
+            markdown_table(d[[*by, "quantity", "difference", "p", "Holm p"]]),
+            "",
+        ]
     return lines
 
 
