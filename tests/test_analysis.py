@@ -444,3 +444,15 @@ def test_precise_reruns_are_their_own_group(tmp_path: Path) -> None:
     d = A.differences(runs).set_index("metric")
     assert d.loc["final_test_precise_acc", "ref_mean"] == pytest.approx(0.901)
     assert d.loc["final_test_precise_acc", "mean"] == pytest.approx(0.881)
+
+
+def test_a_factor_the_reference_lacks_matches_any_value(tmp_path: Path) -> None:
+    # freeze_after exists only for bn_frozen: bn (blank there) is its reference at every freeze point
+    for seed in range(2):
+        write_run(tmp_path, "bn", seed, [0.90 + 0.01 * seed])
+        for f in (100, 1000):
+            write_run(tmp_path / f"f{f}", "bn_frozen", seed, [0.80 + 0.01 * seed], extra_factors={"freeze_after": f})
+    runs = A.load_runs(tmp_path)
+    d = A.differences(runs, by=["norm", "freeze_after"])
+    fin = d[d["metric"] == "final_test_acc"].set_index("freeze_after")
+    assert sorted(fin.index) == [100, 1000] and fin["diff"].tolist() == pytest.approx([-0.1, -0.1])

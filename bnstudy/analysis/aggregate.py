@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Iterable, NamedTuple, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -265,6 +265,21 @@ def _key(row: Iterable) -> tuple[str, ...]:
     return tuple(str(v) for v in row)
 
 
+def _matching(ref: dict[tuple[str, ...], Any], key: tuple[str, ...]) -> Any:
+    """The reference entry of setting ``key``: an exact match, else one whose only differences are its own blanks.
+
+    A factor that does not apply to the reference (blank, e.g. ``freeze_after``
+    for ``bn`` beside ``bn_frozen``) matches any value of it.
+    """
+    if key in ref:
+        return ref[key]
+    blank = {"nan", "None", "<NA>"}
+    for k, v in ref.items():
+        if all(a == b or a in blank for a, b in zip(k, key)):
+            return v
+    return None
+
+
 def differences(
     runs: pd.DataFrame,
     by: Sequence[str] | None = None,
@@ -297,7 +312,7 @@ def differences(
         rows = []
         for key, g in groups:
             key = key if isinstance(key, tuple) else (key,)
-            r = ref.get(_key(g[setting].iloc[0]))
+            r = _matching(ref, _key(g[setting].iloc[0]))
             if g["norm"].iloc[0] == reference or r is None or not len(_finite(g[metric])) or not len(_finite(r)):
                 continue
             w = welch(g[metric], r, level)

@@ -13,6 +13,7 @@ import pandas as pd
 
 from bnstudy.analysis.aggregate import (
     DEFAULT_TARGETS,
+    _matching,
     DONE,
     Untunable,
     differences,
@@ -334,9 +335,9 @@ def _differences_lines(
     if reference not in norms:
         return [f"No `{reference}` runs here, so no differences vs a reference variant (`--reference NORM` picks another).", ""]
     done = runs[runs["status"].isin(DONE)]
-    ref = {tuple(map(str, k[1:])) for k in done[done["norm"] == reference][by].itertuples(index=False, name=None)}
+    ref = {tuple(map(str, k[1:])): True for k in done[done["norm"] == reference][by].itertuples(index=False, name=None)}
     others = done[done["norm"] != reference][by].drop_duplicates()
-    unmatched = [k for k in others.itertuples(index=False, name=None) if tuple(map(str, k[1:])) not in ref]
+    unmatched = [k for k in others.itertuples(index=False, name=None) if _matching(ref, tuple(map(str, k[1:]))) is None]
     # a variant run only where the reference was not (e.g. another init) is named, not silently dropped
     note = (
         [
