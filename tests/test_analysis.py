@@ -456,3 +456,17 @@ def test_a_factor_the_reference_lacks_matches_any_value(tmp_path: Path) -> None:
     d = A.differences(runs, by=["norm", "freeze_after"])
     fin = d[d["metric"] == "final_test_acc"].set_index("freeze_after")
     assert sorted(fin.index) == [100, 1000] and fin["diff"].tolist() == pytest.approx([-0.1, -0.1])
+
+
+def test_large_figures_are_saved_at_a_lower_dpi(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from bnstudy.analysis.plots import PNG_DPI, PNG_MAX_PIXELS, png_dpi, save_figure
+
+    small, big = plt.figure(figsize=(4, 3)), plt.figure(figsize=(30, 20))
+    assert png_dpi(small) == PNG_DPI and png_dpi(big) < PNG_DPI
+    (path,) = save_figure(big, tmp_path, "big", formats=("png",))
+    w, h = Image.open(path).size
+    assert w * h <= PNG_MAX_PIXELS * 1.01
+    plt.close("all")

@@ -540,6 +540,16 @@ def figures(runs: pd.DataFrame, metrics: pd.DataFrame) -> dict[str, Figure]:
     return out
 
 
+PNG_DPI = 130
+PNG_MAX_PIXELS = 4e6  # many-panel figures get a lower dpi, so a committed report stays small
+
+
+def png_dpi(fig: Figure) -> float:
+    """130 dpi, lowered for large canvases so the PNG has at most :data:`PNG_MAX_PIXELS` pixels."""
+    w, h = fig.get_size_inches()
+    return min(PNG_DPI, (PNG_MAX_PIXELS / (w * h)) ** 0.5)
+
+
 def save_figure(fig: Figure, out_dir: str | Path, name: str, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
     """Write ``fig`` as ``out_dir/name.png`` (for reports) and ``.svg`` (for papers)."""
     out_dir = Path(out_dir)
@@ -547,6 +557,6 @@ def save_figure(fig: Figure, out_dir: str | Path, name: str, formats: Sequence[s
     paths = []
     for fmt in formats:
         path = out_dir / f"{name}.{fmt}"
-        fig.savefig(path, dpi=130 if fmt == "png" else None)
+        fig.savefig(path, dpi=png_dpi(fig) if fmt == "png" else None)
         paths.append(path)
     return paths
