@@ -541,7 +541,7 @@ def figures(runs: pd.DataFrame, metrics: pd.DataFrame) -> dict[str, Figure]:
 
 
 PNG_DPI = 130
-PNG_MAX_PIXELS = 4e6  # many-panel figures get a lower dpi, so a committed report stays small
+PNG_MAX_PIXELS = 3e6  # many-panel figures get a lower dpi, so a committed report stays small
 
 
 def png_dpi(fig: Figure) -> float:
