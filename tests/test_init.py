@@ -68,7 +68,7 @@ def test_default_leaves_torch_init_untouched(model):
     assert any(not torch.equal(sa[k], sc[k]) for k in sa)
     # torch's own default: kaiming_uniform(a=√5), Var = 1/(3 fan_in)
     w = weights(a)[0]
-    assert float(w.var()) == pytest.approx(1 / (3 * fans(w)[0]), rel=0.3)
+    assert float(w.detach().var()) == pytest.approx(1 / (3 * fans(w)[0]), rel=0.3)
 
 
 def test_unknown_init_and_pool_are_one_line_errors():
