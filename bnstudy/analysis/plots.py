@@ -261,6 +261,16 @@ def probe_layers(metrics: pd.DataFrame) -> list[str]:
     return sorted(layers, key=lambda s: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)])
 
 
+def _percentile_axes(ax, norm: str, cols: list[str], combo: tuple, layer: str, first: bool) -> None:
+    """Freeze mark, labels and grid shared by the pooled and per-unit percentile panels."""
+    if norm == "bn_frozen":
+        _mark_freeze(ax, cols, combo)
+    ax.set_xlabel(X_LABELS["step"])
+    if first:
+        ax.set_ylabel(f"{layer} activation input")
+    ax.grid(alpha=0.3)
+
+
 def probe_figure(runs: pd.DataFrame, metrics: pd.DataFrame, layer: str | None = None) -> Figure | None:
     """15/50/85th percentiles of one layer's activation input over training, one panel per variant.
 
@@ -289,12 +299,7 @@ def probe_figure(runs: pd.DataFrame, metrics: pd.DataFrame, layer: str | None = 
                 ax.plot(c["step"], c["mean"], color=color(norm), ls=ls, lw=1.6)
             t = _title(cols, combo)
             ax.set_title(norm + (f" — {t}" if t else ""), fontsize=10, color=color(norm))
-            if norm == "bn_frozen":
-                _mark_freeze(ax, cols, combo)
-            ax.set_xlabel(X_LABELS["step"])
-            if i == 0:
-                ax.set_ylabel(f"{layer} activation input")
-            ax.grid(alpha=0.3)
+            _percentile_axes(ax, norm, cols, combo, layer, first=i == 0)
     handles = [(Line2D([], [], color="k", ls=ls), f"{q}th percentile") for q, ls in styles.items()]
     fig.legend([h for h, _ in handles], [l for _, l in handles], loc="outside lower center", ncol=3, frameon=False)
     fig.suptitle(f"Distribution of the input to {layer}'s activation over training (mean over seeds)", fontsize=11)
@@ -363,12 +368,7 @@ def unit_figure(runs: pd.DataFrame, metrics: pd.DataFrame, norm: str, layer: str
                     ax.plot(run["step"], run["value"], color=color(norm), ls=ls, lw=1.3, alpha=0.8)
             t = _title(cols, combo)
             ax.set_title(f"unit {u}" + (f" — {t}" if t else ""), fontsize=10)
-            if norm == "bn_frozen":
-                _mark_freeze(ax, cols, combo)
-            ax.set_xlabel(X_LABELS["step"])
-            if i == 0:
-                ax.set_ylabel(f"{layer} activation input")
-            ax.grid(alpha=0.3)
+            _percentile_axes(ax, norm, cols, combo, layer, first=i == 0)
     handles = [Line2D([], [], color=color(norm), ls=ls) for ls in PERCENTILE_STYLES.values()]
     fig.legend(handles, [f"{q}th percentile" for q in PERCENTILE_STYLES], loc="outside lower center", ncol=3, frameon=False)
     fig.suptitle(
