@@ -56,6 +56,8 @@ def write_run(
             rows.append(f"{step},val,acc,{val},{sec}")
         if precise is not None:
             rows.append(f"{step},test,precise_acc,{precise},{sec}")
+        if precise is not None and val is not None:
+            rows.append(f"{step},val,precise_acc,{more.get('val_precise', val)},{sec}")
     (d / "metrics.csv").write_text("\n".join(rows) + "\n")
     factors = {
         "data": "synthetic", "model": "mlp", "norm": norm, "optim": "sgd", "lr": lr, "momentum": 0.0, "weight_decay": 0.0,
@@ -66,6 +68,7 @@ def write_run(
     final = {"test/acc": accs[-1] if accs else None, "test/loss": None, "train/loss": 2.0 * (1 - accs[-1]) + 0.01 if accs else None}
     final.update({"val/acc": val} if val is not None else {})
     final.update({"test/precise_acc": precise} if precise is not None else {})
+    final.update({"val/precise_acc": more.pop("val_precise", val)} if precise is not None and val is not None else {})
     summary = {
         "status": status,
         "step": 10 * len(accs),
@@ -419,6 +422,20 @@ def test_rates_are_chosen_on_validation_not_test(tmp_path: Path) -> None:
     assert sorted(picked["lr"].unique()) == [0.1, 1.0] and len(picked) == 6
     d = A.differences(picked, ["norm"]).set_index("metric")
     assert d.loc["final_test_acc", "diff"] == pytest.approx(-0.01) and d.loc["final_test_acc", "n"] == 3
+
+
+def test_bn_rates_are_chosen_on_precise_validation(tmp_path: Path) -> None:
+    # bn's standard evaluation favours lr 0.1, its precise statistics lr 1: the rate is chosen as it is reported
+    for seed in range(3):
+        write_run(tmp_path, "bn", seed, [0.90], lr=0.1, val=0.90, precise=0.91, val_precise=0.91)
+        write_run(tmp_path, "bn", seed, [0.80], lr=1.0, val=0.80, precise=0.95, val_precise=0.95)
+        write_run(tmp_path, "affine", seed, [0.85], lr=0.1, val=0.85)
+        write_run(tmp_path, "affine", seed, [0.88], lr=1.0, val=0.88)
+    runs = A.load_runs(tmp_path)
+    assert runs.loc[runs["norm"] == "affine", "final_val_precise_acc"].notna().all()  # plain: the same either way
+    choice = A.choose_rates(runs, ["norm", "precise_bn", "lr"]).set_index("norm")
+    assert choice.loc["bn", "lr"] == 1.0 and choice.loc["bn", "val_acc"] == pytest.approx(0.95)
+    assert choice.loc["affine", "lr"] == 1.0 and choice.loc["affine", "val_acc"] == pytest.approx(0.88)
 
 
 def test_untunable_says_why(tmp_path: Path, loaded) -> None:

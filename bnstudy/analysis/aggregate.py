@@ -335,7 +335,10 @@ class Untunable(ValueError):
 def choose_rates(runs: pd.DataFrame, by: Sequence[str] | None = None, factor: str = "lr") -> pd.DataFrame:
     """Per setting (``by`` without ``factor``): the ``factor`` value with the best mean final validation accuracy.
 
-    Never the test split. Finished runs only; a diverged run without a finite
+    Never the test split. A run evaluated with precise statistics
+    (``train.precise_bn``) is scored by its precise validation accuracy, the
+    one its precise test accuracy is read with; others by the standard one.
+    Finished runs only; a diverged run without a finite
     validation accuracy scores 0, so a rate is not chosen for the seeds that
     survived it. Ties go to the first value in sorted order. Columns: the
     setting, ``factor``, ``val_acc`` (the chosen mean), ``val_runs`` and
@@ -350,6 +353,8 @@ def choose_rates(runs: pd.DataFrame, by: Sequence[str] | None = None, factor: st
         raise Untunable(f"the study runs one {factor} ({factor}={shown}), so there is no rate to tune; sweep optim.{factor} to get it")
     done = runs[runs["status"].isin(DONE)]
     val = pd.to_numeric(_column(done, "final_val_acc"), errors="coerce").astype(float)
+    precise = pd.to_numeric(_column(done, "final_val_precise_acc"), errors="coerce").astype(float)
+    val = precise.where(np.isfinite(precise), val)
     if not np.isfinite(val).any():
         raise Untunable(
             "no run has a validation split (data.val_size=0), and a rate chosen on the test split would flatter every "

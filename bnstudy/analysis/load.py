@@ -54,6 +54,7 @@ RESULT_COLUMNS = [
     "best_test_acc",
     "final_test_precise_acc",
     "final_val_acc",
+    "final_val_precise_acc",
     "diverged_at",
     "device",
     "commit",  # short git commit of the code that trained the run ("unknown" before provenance was recorded)
@@ -102,6 +103,7 @@ def _run_row(root: Path, run_dir: Path, s: dict[str, Any]) -> dict[str, Any]:
         best_test_acc=_num(best.get("test/acc")),
         final_test_precise_acc=_num(final.get("test/precise_acc")),
         final_val_acc=_num(final.get("val/acc")),
+        final_val_precise_acc=_num(final.get("val/precise_acc")),
         diverged_at=s.get("diverged_at"),
         device=s.get("device"),
         commit=commit_label(s),
@@ -166,6 +168,8 @@ def _fill_precise(df: pd.DataFrame) -> None:
     precise_settings = set(key[has & ~plain])
     df.loc[plain, "precise_bn"] = key[plain].isin(precise_settings)
     df.loc[plain, "final_test_precise_acc"] = df.loc[plain, "final_test_acc"].where(df.loc[plain, "precise_bn"].astype(bool))
+    if "final_val_precise_acc" in df.columns:
+        df.loc[plain, "final_val_precise_acc"] = df.loc[plain, "final_val_acc"].where(df.loc[plain, "precise_bn"].astype(bool))
 
 
 def _read_metrics(path: Path) -> pd.DataFrame:

@@ -387,7 +387,8 @@ def _comparison_sections(
         shown.insert(len(setting) + 2, "val acc at chosen lr", tuned.loc[shown.index, "val_acc"].map(lambda v: _fmt(v, 4)))
         lines += [
             "Each group at its own learning rate: the rate with the best mean final *validation* accuracy over "
-            "finished seeds (a diverged seed without one scores 0; the test split is never used to choose), and the "
+            "finished seeds (a diverged seed without one scores 0; runs evaluated with precise statistics are scored "
+            "by their precise validation accuracy; the test split is never used to choose), and the "
             "test numbers of the runs at that rate, as in the summary above. Steps and time to target are at the "
             "chosen rate too. Raw numbers: `tuned.csv`.",
             "",
