@@ -11,6 +11,8 @@ norm variant has one colour, the same in every figure (:data:`PALETTE`).
 """
 from __future__ import annotations
 
+import io
+
 import math
 import re
 import warnings
@@ -557,6 +559,20 @@ def save_figure(fig: Figure, out_dir: str | Path, name: str, formats: Sequence[s
     paths = []
     for fmt in formats:
         path = out_dir / f"{name}.{fmt}"
-        fig.savefig(path, dpi=png_dpi(fig) if fmt == "png" else None)
+        if fmt == "png":
+            write_png(fig, path)
+        else:
+            fig.savefig(path)
         paths.append(path)
     return paths
+
+
+def write_png(fig: Figure, path: Path) -> None:
+    """The figure as a 256-colour PNG: a line plot loses nothing visible, and the file is 3-4 times smaller."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=png_dpi(fig))
+    buf.seek(0)
+    with Image.open(buf) as im:
+        im.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE).save(path, format="PNG", optimize=True)
