@@ -102,7 +102,9 @@ def test_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path, tmp_data):
     args = [*FAST, "train.steps=100000", "train.eval_every=500", "train.log_every=100", "train.checkpoint_every=1000", "train.threads=1", f"out_dir={tmp_path}"]
     run = run_dir_of(args)
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    proc = subprocess.Popen([sys.executable, "-m", "bnstudy.train", *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a suite started in the background (`cmd &` in a script) ignores SIGINT, and children inherit that: undo it
+    ctrl_c = dict(preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen([sys.executable, "-m", "bnstudy.train", *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **ctrl_c)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if (run / "metrics.csv").exists() and len((run / "metrics.csv").read_text().splitlines()) > 4:
@@ -118,7 +120,7 @@ def test_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path, tmp_data):
     s = summary(run)
     assert s["status"] == "interrupted" and s["step"] == step
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == step  # stopped between two steps
-    resumed = subprocess.Popen([sys.executable, "-m", "bnstudy.train", *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    resumed = subprocess.Popen([sys.executable, "-m", "bnstudy.train", *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **ctrl_c)
     deadline = time.time() + 60
     log = run / "train.log"
     while time.time() < deadline and not (log.exists() and "resumed" in log.read_text()):
