@@ -183,6 +183,7 @@ def test_committed_runs_keep_their_folder_names():
         plain = OmegaConf.to_container(cfg, resolve=False)
         plain.pop("hydra", None)
         assert run_name(plain) == f"{run.parent.name}/{run.name}", run
-    cfg = OmegaConf.to_container(compose([*overrides, "model.init=he"]), resolve=False)
+    other = "xavier" if plain["model"]["init"] == "he" else "he"  # a changed key does name another folder
+    cfg = OmegaConf.to_container(compose([*overrides, f"model.init={other}"]), resolve=False)
     cfg.pop("hydra", None)
     assert run_name(cfg) != f"{run.parent.name}/{run.name}"
