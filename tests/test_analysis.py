@@ -46,6 +46,7 @@ def write_run(
     """
     d = root / f"synthetic-mlp-{norm}-lr{lr}" / f"seed{seed}"
     d.mkdir(parents=True)
+    val_precise = more.pop("val_precise", val)  # a precise validation accuracy, where both are given
     rows = ["step,split,metric,value,seconds"]
     for i, acc in enumerate(accs):
         step = 10 * (i + 1)
@@ -57,7 +58,7 @@ def write_run(
         if precise is not None:
             rows.append(f"{step},test,precise_acc,{precise},{sec}")
         if precise is not None and val is not None:
-            rows.append(f"{step},val,precise_acc,{more.get('val_precise', val)},{sec}")
+            rows.append(f"{step},val,precise_acc,{val_precise},{sec}")
     (d / "metrics.csv").write_text("\n".join(rows) + "\n")
     factors = {
         "data": "synthetic", "model": "mlp", "norm": norm, "optim": "sgd", "lr": lr, "momentum": 0.0, "weight_decay": 0.0,
@@ -68,7 +69,7 @@ def write_run(
     final = {"test/acc": accs[-1] if accs else None, "test/loss": None, "train/loss": 2.0 * (1 - accs[-1]) + 0.01 if accs else None}
     final.update({"val/acc": val} if val is not None else {})
     final.update({"test/precise_acc": precise} if precise is not None else {})
-    final.update({"val/precise_acc": more.pop("val_precise", val)} if precise is not None and val is not None else {})
+    final.update({"val/precise_acc": val_precise} if precise is not None and val is not None else {})
     summary = {
         "status": status,
         "step": 10 * len(accs),

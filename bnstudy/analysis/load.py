@@ -167,9 +167,9 @@ def _fill_precise(df: pd.DataFrame) -> None:
     key = df[setting].astype(str).agg("|".join, axis=1)
     precise_settings = set(key[has & ~plain])
     df.loc[plain, "precise_bn"] = key[plain].isin(precise_settings)
-    df.loc[plain, "final_test_precise_acc"] = df.loc[plain, "final_test_acc"].where(df.loc[plain, "precise_bn"].astype(bool))
-    if "final_val_precise_acc" in df.columns:
-        df.loc[plain, "final_val_precise_acc"] = df.loc[plain, "final_val_acc"].where(df.loc[plain, "precise_bn"].astype(bool))
+    evaluated = df.loc[plain, "precise_bn"].astype(bool)
+    for split in ("test", "val"):
+        df.loc[plain, f"final_{split}_precise_acc"] = df.loc[plain, f"final_{split}_acc"].where(evaluated)
 
 
 def _read_metrics(path: Path) -> pd.DataFrame:

@@ -12,7 +12,6 @@ norm variant has one colour, the same in every figure (:data:`PALETTE`).
 from __future__ import annotations
 
 import io
-
 import math
 import re
 import warnings
