@@ -94,7 +94,7 @@ def test_a_changed_variant_makes_its_runs_stale(tmp_path, tmp_data):
 
 
 def test_runs_stale_lists_only_runs_from_other_code(tmp_path, tmp_data):
-    from bnstudy.cli import runs
+    from bnstudy.runs_cli import runs
 
     old, new = train(tmp_path, "bn"), train(tmp_path, "affine")
     committed = train(tmp_path, "none")
@@ -184,7 +184,7 @@ def trained(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_check_finds_each_kind_of_damage(damage, trained, tmp_path):
-    from bnstudy.cli import runs
+    from bnstudy.runs_cli import runs
 
     run = tmp_path / "r" / trained.name
     shutil.copytree(trained, run)
@@ -199,7 +199,7 @@ def test_check_finds_each_kind_of_damage(damage, trained, tmp_path):
 
 
 def test_every_committed_run_passes_the_check():
-    from bnstudy.cli import runs
+    from bnstudy.runs_cli import runs
 
     code, out, err = call(runs, [str(ROOT / "results"), "--check"])
     assert code == 0, out

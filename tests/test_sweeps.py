@@ -221,7 +221,7 @@ def test_slurm_launcher_config_composes():
 def test_runs_table(tmp_path, tmp_data):
     r = cli(["-m", *FAST, "norm=bn,affine", f"out_dir={tmp_path}"], cwd=tmp_path)
     assert r.returncode == 0
-    from bnstudy.cli import runs
+    from bnstudy.runs_cli import runs
 
     import contextlib
     import io

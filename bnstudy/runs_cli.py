@@ -1,0 +1,109 @@
+"""``bnstudy-runs`` and ``bnstudy-report``: list, check and compare finished runs, and write reports."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from bnstudy.runs import read_summary
+
+
+def runs(argv: list[str] | None = None) -> None:
+    """``bnstudy-runs DIR``: one row per run folder under DIR (factors, status, step, final test accuracy, commit)."""
+    import argparse
+
+    import pandas as pd
+
+    from bnstudy.analysis import load_runs
+
+    p = argparse.ArgumentParser(prog="bnstudy-runs", description=runs.__doc__)
+    p.add_argument("dir", nargs="?", default="results", help="folder holding run folders (searched recursively)")
+    p.add_argument("--status", help="only runs with this status (comma-separated: completed,diverged,failed,running)")
+    p.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="check every run for damage (summary.json types; a finished run's metrics.csv against it); exit 1 if any is damaged")
+    mode.add_argument("--stale", action="store_true", help="list the runs trained by training code that differs from this checkout's")
+    mode.add_argument("--compare", metavar="REF", help="compare each finished run under REF (e.g. a committed study) with the run of the same name under DIR; exit 1 unless all reproduce")
+    a = p.parse_args(argv)
+    for d in (a.dir, a.compare):
+        if d is not None and not Path(d).is_dir():
+            p.exit(2, f"error: {d} is not a folder; give the out_dir of a run or sweep\n")
+    statuses = a.status.split(",") if a.status else None
+    if a.check:
+        sys.exit(_check_runs(Path(a.dir), statuses))
+    if a.stale:
+        return _stale_runs(Path(a.dir), statuses)
+    if a.compare:
+        from bnstudy.analysis.compare import report as compare_report
+
+        lines, ok = compare_report(a.dir, a.compare)
+        print("\n".join(lines))
+        sys.exit(0 if ok else 1)
+    df = load_runs(a.dir)
+    if statuses and len(df):
+        df = df[df["status"].isin(statuses)]
+    if df.empty:
+        print(f"no runs under {a.dir}" + (f" with status {a.status}" if a.status else ""))
+        return
+    cols = [c for c in ["run", "data", "model", "norm", "optim", "lr", "batch_size", "depth", "width", "activation", "seed", "status", "step", "final_test_acc", "commit"] if c in df.columns]
+    out = df[cols].sort_values([c for c in ["data", "model", "norm", "lr", "seed"] if c in cols])
+    with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
+        print(out.to_csv(index=False) if a.csv else out.to_string(index=False))
+    counts = df["status"].value_counts().to_dict()
+    print("\n" + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())), file=sys.stderr)
+
+
+def _run_folders(root: Path, statuses: list[str] | None):
+    """(run folder relative to root, its summary or None when unreadable), filtered by status."""
+    from bnstudy.analysis.load import find_run_dirs
+
+    for d in find_run_dirs(root):
+        s = read_summary(d)
+        if statuses and (not isinstance(s, dict) or s.get("status") not in statuses):
+            continue
+        yield d, (d.relative_to(root).as_posix() or "."), s
+
+
+def _check_runs(root: Path, statuses: list[str] | None) -> int:
+    """``bnstudy-runs --check``: one line per damaged run; 1 if any is damaged."""
+    from bnstudy.runs import check_run
+
+    n = damaged = 0
+    for d, rel, s in _run_folders(root, statuses):
+        n += 1
+        problems = check_run(d, s if isinstance(s, dict) else None)
+        if problems:
+            damaged += 1
+            print(f"damaged {rel}: {'; '.join(problems)}")
+    if n == 0:
+        print(f"no runs under {root}" + (f" with status {','.join(statuses)}" if statuses else ""))
+        return 0
+    print(f"{n} run(s) checked: {damaged} damaged" + (" (a sweep retrains a damaged run; `bnstudy-report` leaves it out)" if damaged else ", all intact"), file=sys.stderr)
+    return 1 if damaged else 0
+
+
+def _stale_runs(root: Path, statuses: list[str] | None) -> None:
+    """``bnstudy-runs --stale``: the runs whose recorded training code differs from this checkout's."""
+    from bnstudy.provenance import commit_label, stale_files
+
+    stale = current = unknown = 0
+    for _, rel, s in _run_folders(root, statuses):
+        changed = stale_files(s) if isinstance(s, dict) else None
+        if changed is None:
+            unknown += 1
+        elif not changed:
+            current += 1
+        else:
+            stale += 1
+            print(f"stale {rel} ({s.get('status')}, commit {commit_label(s)}): changed since: {', '.join(changed)}")
+    print(
+        f"{stale} stale, {current} current, {unknown} unknown (no code fingerprint in summary.json: trained before "
+        "provenance was recorded, or unreadable)" + ("; force=true retrains a stale run" if stale else ""),
+        file=sys.stderr,
+    )
+
+
+def report(argv: list[str] | None = None) -> None:
+    """``bnstudy-report DIR [--out OUT]``: tables, figures and report.md for the runs under DIR."""
+    from bnstudy.analysis.report import main
+
+    main(argv)
