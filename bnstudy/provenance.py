@@ -17,7 +17,7 @@ from typing import Any
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Code that cannot change a training result: the analysis of finished runs and the benchmark.
-NOT_TRAINING = ("analysis/", "bench.py")
+NOT_TRAINING = ("analysis/", "bench/")
 UNKNOWN = "unknown"
 
 
@@ -126,10 +126,13 @@ def provenance(device: Any = "cpu") -> dict[str, Any]:
     """The record for summary.json: code identity, versions, machine, device name and torch's thread count now."""
     import torch
 
+    from bnstudy import threads
+
     return {
         **_static(),
         "device_name": _device_name(str(device)),
         "threads": torch.get_num_threads(),  # results are bit-identical only at the same thread count
+        "threads_why": threads.current().why if threads.current() else "torch's default (no bnstudy build step ran)",
         "code": current_code(),
     }
 

@@ -10,7 +10,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from bnstudy.cli.signals import CTRL_C, ctrl_c_stops, requeue, stop_on_job_signals
 from bnstudy.cli.skip import run_log_files, skip
-from bnstudy.cli.sweep import SWEEP_ENV, threads_for_launcher
+from bnstudy import threads
+from bnstudy.cli.sweep import SWEEP_ENV, launcher_share
 from bnstudy.config import RunConfig, run_name
 from bnstudy.runs import RunLock, atomic_write_text
 from bnstudy.train import Interrupted, StopRequest, extra_hooks, train_run, validate
@@ -39,8 +40,7 @@ def run_job(cfg: DictConfig) -> str:
     if done:
         return done
     validate(rcfg)  # before the lock and any file of ours: bad input leaves nothing behind
-    if rcfg.train.threads == 0:
-        rcfg.train.threads = threads_for_launcher()
+    threads.share_cores(*launcher_share())  # the default thread policy divides the cores between parallel jobs
     lock = RunLock(run_dir)
     if not lock.acquire():
         for h in run_log_files():  # the other process writes this train.log
