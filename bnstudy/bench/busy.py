@@ -60,12 +60,9 @@ def neighbour(core: int | None = 0) -> Iterator[int]:
 def train_once(contender: str, overrides: list[str]) -> dict:
     """One training run of ``contender`` in a fresh process: its training seconds, steps and thread count."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}  # the policy decides, not the caller
-    pre = "import torch\n" if contender == "old default" else ""  # libgomp loads before bnstudy can set its policy
-    extra = {"default": [], "threads=1": ["train.threads=1"]}.get(contender)
-    if extra is None:
-        import torch
-
-        extra = [f"train.threads={torch.get_num_threads()}"]  # torch's default: one thread per core
+    # old default: libgomp loads before bnstudy can set its wait policy, and torch's own thread count
+    pre = "import torch\nsys.argv.append(f'train.threads={torch.get_num_threads()}')\n" if contender == "old default" else ""
+    extra = ["train.threads=1"] if contender == "threads=1" else []
     p = subprocess.run([sys.executable, "-c", _WORKER.format(pre=pre), *overrides, *extra], env=env, capture_output=True, text=True, timeout=3600)
     if p.returncode != 0:
         raise RuntimeError(f"{contender} run failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}")

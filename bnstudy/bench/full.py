@@ -64,7 +64,7 @@ def bench_full(opts: Options, tmp: Path, device: torch.device, threads: int) -> 
     cpu = device.type == "cpu"
     steps = opts.steps or (1 if opts.quick else (3 if cpu else 50))
     batches = (128,) if opts.quick else BATCHES
-    toggles = {k: v for k, v in TOGGLES.items() if not (opts.quick and "compile" in k)}
+    toggles = {k: v for k, v in TOGGLES.items() if not (opts.quick and "train.compile=true" in v)}
     models = [m for m in opts.models if m in FULL] or list(FULL)
     peak, peak_note = peak_tflops(device, opts.peak_tflops)
     rows, checks = [], []
