@@ -61,18 +61,25 @@ case "${DEVICE_INSTALL:-auto}" in
     fi ;;
   *) die "DEVICE_INSTALL must be auto, yes or no (got '$DEVICE_INSTALL')" ;;
 esac
-missing=$("$PY" - <<'EOF'
-import importlib
+# one interpreter start for every check (a torch import takes seconds): missing modules, then the GPUs
+probe=$("$PY" - <<'EOF'
+import importlib.util
 names = ["torch", "torchvision", "hydra", "omegaconf", "yaml", "joblib", "hydra_plugins.hydra_joblib_launcher", "pandas", "scipy", "matplotlib", "tqdm", "PIL", "numpy"]
-out = []
+missing = []
 for n in names:
     try:
-        importlib.import_module(n)
-    except Exception:
-        out.append(n)
-print(" ".join(out))
+        found = importlib.util.find_spec(n) is not None  # found, not imported: imports take seconds
+    except ImportError:
+        found = False
+    if not found:
+        missing.append(n)
+print(" ".join(missing))
+import torch
+print(", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "none")
 EOF
 )
+missing=$(sed -n 1p <<< "$probe")
+gpus=$(sed -n 2p <<< "$probe")
 [ -z "$missing" ] || die "$PY cannot import: $missing (the kit carries hydra, omegaconf, antlr4, the joblib launcher and joblib; the rest must be installed)"
 
 # 2. data: the kit's compact CIFAR-10-JPEG in the prepared data folder, decoded once into its cache
@@ -89,7 +96,7 @@ if grep -q cifar10_jpeg "experiments/$STUDY.yaml" || [[ " $* " == *" data=cifar1
 fi
 
 # 3. the sweep, DEVICE_JOBS at a time on the GPUs; each job stops at the deadline, checkpointed
-JOBS=${DEVICE_JOBS:-$("$PY" -c "import torch; print(8 if torch.cuda.is_available() else 1)")}
+if [ "$gpus" = none ]; then JOBS=${DEVICE_JOBS:-1}; else JOBS=${DEVICE_JOBS:-8}; fi
 [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || die "DEVICE_JOBS must be a positive whole number (got '$JOBS')"
 RUNS=$("$PY" - "$STUDY" "$@" <<'EOF'
 import sys, yaml
@@ -100,7 +107,6 @@ EOF
 )
 export BNSTUDY_DEADLINE=$(( t0 + BUDGET - PACK_S ))
 hard=$(( BNSTUDY_DEADLINE + PACK_S / 2 - $(date +%s) ))
-gpus=$("$PY" -c "import torch; print(', '.join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or 'none')")
 say "sweep: experiment=$STUDY $*; $JOBS concurrent job(s); GPUs: $gpus; runs in $RUNS; jobs stop in $(( BNSTUDY_DEADLINE - $(date +%s) ))s"
 timeout --kill-after=10 "$hard" "$PY" -m bnstudy.train -m "experiment=$STUDY" hydra/launcher=joblib_gpu \
   "hydra.launcher.n_jobs=$JOBS" train.progress=off "$@" > "$WORK/sweep.log" 2>&1 &
