@@ -107,6 +107,7 @@ EOF
 )
 export BNSTUDY_DEADLINE=$(( t0 + BUDGET - PACK_S ))
 hard=$(( BNSTUDY_DEADLINE + PACK_S / 2 - $(date +%s) ))
+[ "$hard" -ge 5 ] || hard=5  # `timeout 0` would mean no limit; past the deadline the jobs do not start anyway
 say "sweep: experiment=$STUDY $*; $JOBS concurrent job(s); GPUs: $gpus; runs in $RUNS; jobs stop in $(( BNSTUDY_DEADLINE - $(date +%s) ))s"
 timeout --kill-after=10 "$hard" "$PY" -m bnstudy.train -m "experiment=$STUDY" hydra/launcher=joblib_gpu \
   "hydra.launcher.n_jobs=$JOBS" train.progress=off "$@" > "$WORK/sweep.log" 2>&1 &
