@@ -21,7 +21,6 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from bnstudy import devices
 from bnstudy.config import RunConfig, run_name
 from bnstudy.errors import BnstudyError
 from bnstudy.runs import DONE, RunLock, read_summary
@@ -220,12 +219,6 @@ def run_job(cfg: DictConfig) -> str:
     validate(rcfg)  # before the lock and any file of ours: bad input leaves nothing behind
     if rcfg.train.threads == 0:
         rcfg.train.threads = _threads_for_launcher()
-    if devices.out_of_time():  # a lease's budget ended before this job began: leave its run for the next sweep
-        for h in _run_log_files():
-            h.close()
-        log.info("not started %s: the time budget ended (%s)", run_dir, devices.DEADLINE_ENV)
-        _remove_if_empty(run_dir)
-        return "not started"
     lock = RunLock(run_dir)
     if not lock.acquire():
         for h in _run_log_files():  # the other process writes this train.log
@@ -234,7 +227,7 @@ def run_job(cfg: DictConfig) -> str:
         return "locked"
     stop = StopRequest()
     try:
-        with lock, _stop_on_job_signals(stop) as previous, _ctrl_c_stops(stop), devices.deadline_stops(stop):
+        with lock, _stop_on_job_signals(stop) as previous, _ctrl_c_stops(stop):
             # another process may have finished the run between the check above and the lock
             done = _skip(run_dir, rcfg)
             if done:
