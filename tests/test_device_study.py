@@ -99,7 +99,7 @@ def test_damaged_or_partial_transfers_are_refused(study, damage, tmp_path):
 
 
 def test_deadline_stops_a_running_job():
-    from bnstudy.train.loop import StopRequest
+    from bnstudy.train import StopRequest
 
     stop = StopRequest()
     os.environ[devices.DEADLINE_ENV] = str(time.time() + 0.3)
