@@ -25,9 +25,10 @@ import torch
 
 from bnstudy.config import DataConfig
 from bnstudy.data.jpeg import CIFAR_CLASSES, Raw, decode_jpegs, decode_tree, iter_folder, iter_tar
+from bnstudy.data.paths import data_dir, mirror_dir, project_root
 from bnstudy.errors import DataError
 
-__all__ = ["CIFAR_CLASSES", "Data", "Raw", "SPECS", "Spec", "augment", "data_dir", "decode_jpegs", "load", "load_raw", "mirror_dir", "spec"]
+__all__ = ["CIFAR_CLASSES", "Data", "Raw", "SPECS", "Spec", "augment", "data_dir", "decode_jpegs", "load", "load_raw", "mirror_dir", "project_root", "spec"]
 
 MNIST_FILES = [
     "train-images-idx3-ubyte",
@@ -85,24 +86,6 @@ class Data:
     def shape(self) -> tuple[int, int, int]:
         """Input shape (C, H, W)."""
         return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
-
-
-def project_root() -> Path:
-    """The source checkout holding this package (or the working directory when installed elsewhere)."""
-    root = Path(__file__).resolve().parents[2]
-    return root if (root / "pyproject.toml").exists() else Path.cwd()
-
-
-def data_dir() -> Path:
-    """The prepared data folder: ``$BNSTUDY_DATA_DIR`` or ``data/`` in the project."""
-    env = os.environ.get("BNSTUDY_DATA_DIR")
-    return Path(env).expanduser() if env else project_root() / "data"
-
-
-def mirror_dir() -> Path | None:
-    """The offline mirror folder, if ``$BNSTUDY_DATA_MIRROR`` is set."""
-    env = os.environ.get("BNSTUDY_DATA_MIRROR")
-    return Path(env).expanduser() if env else None
 
 
 def _missing(name: str, what: str) -> DataError:
@@ -198,7 +181,7 @@ def _load_cifar10(download: bool) -> Raw:
 
 def _load_cifar10_jpeg() -> Raw:
     """CIFAR-10 re-encoded as JPEG: class folders or an uncompressed tar, else the compact form (``compact/``)."""
-    from bnstudy.data import compact
+    from bnstudy.data import compact  # here, not at the top: `python -m bnstudy.data.compact` would find it imported
 
     candidates = [data_dir() / "cifar10-jpeg"]
     mirror = mirror_dir()

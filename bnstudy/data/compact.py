@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from bnstudy.data.jpeg import SPLITS, Raw, decode_rows, iter_folder, iter_tar, rows_by_split
+from bnstudy.data.paths import data_dir, mirror_dir
 from bnstudy.errors import DataError
 
 VERSION = 1
@@ -38,8 +39,6 @@ SOS = 0xDA  # start of scan: the last header segment
 
 def default_path() -> Path:
     """Where the loader looks for the compact form: ``compact/cifar10_jpeg.npz`` in the prepared data folder."""
-    from bnstudy.data import data_dir  # the package's folder rules; imported late to keep module order simple
-
     return data_dir() / "compact" / FILE_NAME
 
 
@@ -117,8 +116,6 @@ def read(path: Path) -> Raw:
 
 def _source(arg: str | None) -> tuple[Path, str]:
     """The archive to build from: ``--source``, else the mirror's ``cifar10-jpeg/cifar10-jpeg.tar``."""
-    from bnstudy.data import mirror_dir
-
     if arg:
         return Path(arg), arg
     mirror = mirror_dir()
