@@ -123,7 +123,8 @@ else
 fi
 
 # 4. pack what this job trained
-commit=$(cat "$KIT/COMMIT" 2>/dev/null || git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
+# the copy's own commit where it is a git checkout, else the one the kit was made from (a plain copy has no .git)
+commit=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || { [ -f "$KIT/COMMIT" ] && echo "$(cat "$KIT/COMMIT") (device-kit)"; } || echo unknown)
 meta=$("$PY" -c 'import json, sys; print(json.dumps({"study": sys.argv[1], "out_dir": sys.argv[2], "jobs": int(sys.argv[3]), "gpus": sys.argv[4], "commit": sys.argv[5], "sweep_exit": int(sys.argv[6]), "overrides": sys.argv[7:]}))' \
   "$STUDY" "$RUNS" "$JOBS" "$gpus" "$commit" "$rc" "$@")
 mkdir -p "$RUNS"
