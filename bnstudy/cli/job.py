@@ -8,9 +8,9 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from bnstudy import devices, threads
 from bnstudy.cli.signals import CTRL_C, ctrl_c_stops, requeue, stop_on_job_signals
-from bnstudy.cli.skip import run_log_files, skip
-from bnstudy import threads
+from bnstudy.cli.skip import remove_if_empty, run_log_files, skip
 from bnstudy.cli.sweep import SWEEP_ENV, launcher_share
 from bnstudy.config import RunConfig, run_name
 from bnstudy.runs import RunLock, atomic_write_text
@@ -41,6 +41,12 @@ def run_job(cfg: DictConfig) -> str:
         return done
     validate(rcfg)  # before the lock and any file of ours: bad input leaves nothing behind
     threads.share_cores(*launcher_share())  # the default thread policy divides the cores between parallel jobs
+    if devices.out_of_time():  # a lease's budget ended before this job began: leave its run for the next sweep
+        for h in run_log_files():
+            h.close()
+        log.info("not started %s: the time budget ended (%s)", run_dir, devices.DEADLINE_ENV)
+        remove_if_empty(run_dir)
+        return "not started"
     lock = RunLock(run_dir)
     if not lock.acquire():
         for h in run_log_files():  # the other process writes this train.log
@@ -49,7 +55,7 @@ def run_job(cfg: DictConfig) -> str:
         return "locked"
     stop = StopRequest()
     try:
-        with lock, stop_on_job_signals(stop) as previous, ctrl_c_stops(stop):
+        with lock, stop_on_job_signals(stop) as previous, ctrl_c_stops(stop), devices.deadline_stops(stop):
             # another process may have finished the run between the check above and the lock
             done = skip(run_dir, rcfg)
             if done:
