@@ -1,0 +1,282 @@
+"""``bnstudy-runs DIR --reproduce N``: re-train a sample of committed runs for their first steps and compare every logged value.
+
+Code fingerprints (``--stale``) say whether the code that *could* change a
+number differs; this says whether the numbers themselves still come out the
+same. Each sampled run is re-trained from its own config.yaml in a temporary
+folder, on the CPU, with the thread count its summary recorded. The config is
+trained as it is (``train.steps`` untouched, so the schedule and the
+evaluation points are the committed ones) and stopped after step S by a hook
+that raises the trainer's stop request; every metrics.csv row with step <= S
+is then compared with the committed row of the same (step, split, metric).
+"""
+from __future__ import annotations
+
+import math
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+DEFAULT_STEPS = 300
+FINISHED = ("completed", "diverged")  # runs whose metrics.csv is final; others may still be written
+# Within float tolerance: every value but an accuracy within REL_TOL relative (plus ABS_TOL, for
+# values near zero); an accuracy within one example of its split (the loss of one more or one fewer
+# correct answer). The tolerance only says the difference is rounding-sized, e.g. another
+# summation order; a bit-identical run is reported as such.
+REL_TOL = 1e-5
+ABS_TOL = 1e-9
+ACC_TOL_UNKNOWN = 1e-4  # one example in 10 000, when the split's size is not known
+
+
+@dataclass
+class Outcome:
+    """What one sampled run gave: verdict ("bit-identical", "within tolerance", "different", "not checked") and why."""
+
+    rel: str
+    verdict: str
+    detail: str
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------- reading committed runs
+
+
+@dataclass
+class _FolderRun:
+    """One run folder (config.yaml, summary.json, metrics.csv), shaped like ``bnstudy.archive.RunRecord``."""
+
+    rel: str
+    dir: Path
+    config: dict[str, Any]
+    summary: dict[str, Any]
+
+    def metrics(self) -> pd.DataFrame:
+        """step, split, metric, value, seconds."""
+        return read_metrics(self.dir / "metrics.csv")
+
+
+def read_metrics(path: Path) -> pd.DataFrame:
+    """A metrics.csv as a DataFrame; values parse back to the exact float64 that ``repr`` wrote."""
+    df = pd.read_csv(path, dtype={"split": str, "metric": str}, keep_default_na=False, float_precision="round_trip")
+    df["value"] = pd.to_numeric(df["value"], errors="coerce")  # 'nan' and 'inf' stay floats
+    return df
+
+
+def _folder_runs(root: Path) -> Iterator[_FolderRun]:
+    # Fallback until bnstudy.archive (which also reads packed studies) is on main; drop it then.
+    import json
+
+    import yaml
+
+    from bnstudy.analysis.load import find_run_dirs
+
+    for d in find_run_dirs(root):
+        try:
+            summary = json.loads((d / "summary.json").read_text())
+        except (OSError, ValueError):
+            summary = {}
+        try:
+            config = yaml.safe_load((d / "config.yaml").read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            config = {}
+        rel = d.relative_to(root).as_posix() or "."
+        yield _FolderRun(rel, d, config if isinstance(config, dict) else {}, summary if isinstance(summary, dict) else {})
+
+
+def committed_runs(root: Path) -> Iterator[Any]:
+    """Every run under ``root``, packed or in folders (``bnstudy.archive.iter_runs`` when it exists)."""
+    try:
+        from bnstudy.archive import iter_runs
+    except ImportError:
+        return _folder_runs(Path(root))
+    return iter_runs(Path(root))
+
+
+def sample(runs: list[Any], n: int, seed: int) -> list[Any]:
+    """``n`` finished runs drawn without replacement by ``random.Random(seed)`` from the runs sorted by path."""
+    finished = sorted((r for r in runs if r.summary.get("status") in FINISHED), key=lambda r: r.rel)
+    return random.Random(seed).sample(finished, min(n, len(finished)))
+
+
+# ---------------------------------------------------------------- re-training
+
+
+def rebuild(record: Any) -> Any:
+    """The run's RunConfig set up for a CPU re-run, or a string saying why its config cannot be rebuilt."""
+    from bnstudy.config import RunConfig, run_name
+    from bnstudy.errors import ConfigError
+
+    conf = {k: v for k, v in (record.config or {}).items() if k != "hydra"}
+    if not conf:
+        return "no config.yaml"
+    try:
+        cfg = RunConfig.from_dict(conf)
+        name = run_name(cfg.to_dict())
+    except (ConfigError, TypeError, ValueError) as e:
+        return f"config.yaml does not build a run config ({e})"
+    # A key the config lacks is filled with today's default; the run name's hash shows whether
+    # that default is what trained the run. (A run without a recorded name is taken as it is.)
+    recorded = record.summary.get("run")
+    if isinstance(recorded, str) and recorded != name:
+        return f"config.yaml rebuilds as {name}, not the recorded {recorded} (missing or changed keys)"
+    threads = (record.summary.get("provenance") or {}).get("threads")
+    cfg.train.threads = threads if isinstance(threads, int) and threads > 0 else 1
+    cfg.device = "cpu"
+    cfg.train.progress = "off"
+    cfg.train.compile = False  # eager on the CPU: compiling costs more than a few hundred steps
+    cfg.logger.tensorboard = False
+    cfg.force = False  # a fresh folder: nothing to resume from
+    return cfg
+
+
+def _stop_hook(steps: int, stop: Any, sizes: dict[str, int]) -> Any:
+    """A hook that asks the loop to stop once ``steps`` steps are done (it also notes the eval splits' sizes)."""
+    from bnstudy.train import Hook
+
+    def fn(state: Any) -> None:
+        d = state.data
+        sizes["test"] = int(d.test_x.shape[0])
+        if d.val_x is not None:
+            sizes["val"] = int(d.val_x.shape[0])
+        if state.step >= steps:
+            stop.set(f"reproduce: first {steps} steps done")
+
+    # every=steps: the loop's hook points come at multiples of each hook's period, so this
+    # one fires at step S exactly, after the config's own hooks of that step have logged.
+    return Hook("reproduce-stop", steps, fn)
+
+
+def retrain(cfg: Any, steps: int, run_dir: Path) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Train ``cfg`` in ``run_dir`` until step ``steps`` (all steps if fewer); its metrics and eval split sizes."""
+    from bnstudy import train as train_lib
+    from bnstudy.train.loop import Interrupted, StopRequest
+
+    stop = StopRequest()
+    sizes: dict[str, int] = {}
+    # the hooks the Hydra entry point adds (probes), as it adds them, then the stop
+    hooks = list(train_lib.extra_hooks(cfg)) if hasattr(train_lib, "extra_hooks") else []
+    hooks.append(_stop_hook(steps, stop, sizes))
+    try:
+        train_lib.train_run(cfg, run_dir, extra_hooks=hooks, stop=stop)
+    except Interrupted:
+        pass  # the stop this module asked for, after step S
+    return read_metrics(run_dir / "metrics.csv"), sizes
+
+
+# ---------------------------------------------------------------- comparing
+
+
+def _rows(df: pd.DataFrame, steps: int) -> dict[tuple[int, str, str], float]:
+    df = df[pd.to_numeric(df["step"], errors="coerce") <= steps]
+    return {(int(s), str(sp), str(m)): float(v) for s, sp, m, v in zip(df["step"], df["split"], df["metric"], df["value"])}
+
+
+def _tolerance(key: tuple[int, str, str], a: float, b: float, sizes: dict[str, int]) -> float:
+    if key[2].endswith("acc"):
+        n = sizes.get(key[1])
+        return (1.0 / n if n else ACC_TOL_UNKNOWN) + 1e-12
+    return REL_TOL * max(abs(a), abs(b)) + ABS_TOL
+
+
+def _same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == b
+
+
+def compare(committed: pd.DataFrame, fresh: pd.DataFrame, steps: int, sizes: dict[str, int]) -> tuple[str, str]:
+    """(verdict, detail) for the rows with step <= ``steps`` of a committed and a re-trained metrics table."""
+    old, new = _rows(committed, steps), _rows(fresh, steps)
+    order = sorted(set(old) | set(new), key=lambda k: (k[0], k not in old))
+    worst: tuple[float, tuple[int, str, str]] | None = None
+    for key in order:
+        where = f"step {key[0]} {key[1]}/{key[2]}"
+        if key not in new:
+            return "different", f"first differing row: {where} = {old[key]!r} was logged, the re-run logged no such row"
+        if key not in old:
+            return "different", f"first differing row: {where} = {new[key]!r} is logged by the re-run, not by the committed run"
+        a, b = old[key], new[key]
+        if _same(a, b):
+            continue
+        if not (math.isfinite(a) and math.isfinite(b)) or abs(a - b) > _tolerance(key, a, b, sizes):
+            return "different", f"first differing row: {where} committed {a!r}, now {b!r}"
+        rel = abs(a - b) / max(abs(a), abs(b))
+        if worst is None or rel > worst[0]:
+            worst = (rel, key)
+    if not old:
+        return "different", f"no rows with step <= {steps} to compare"
+    if worst is None:
+        return "bit-identical", f"{len(old)} values"
+    rel, key = worst
+    return "within tolerance", f"{len(old)} values; largest relative difference {rel:.1e} at step {key[0]} {key[1]}/{key[2]}"
+
+
+def reproduce_one(record: Any, steps: int, tmp: Path) -> Outcome:
+    """Re-train one committed run for its first ``steps`` steps in a folder under ``tmp`` and compare it."""
+    cfg = rebuild(record)
+    if isinstance(cfg, str):
+        return Outcome(record.rel, "not checked", cfg)
+    t0 = time.perf_counter()
+    try:
+        committed = record.metrics()
+    except (OSError, ValueError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        return Outcome(record.rel, "not checked", f"its metrics cannot be read ({e})")
+    logged = pd.to_numeric(committed["step"], errors="coerce").dropna()
+    if logged.empty:
+        return Outcome(record.rel, "not checked", "its metrics.csv holds no rows")
+    # S steps in which the run logs nothing would compare nothing: go on to its first logged step
+    first = int(logged.min())
+    s = min(max(steps, first), cfg.train.steps)
+    longer = " (its first logged step)" if s > steps else ""
+    try:
+        fresh, sizes = retrain(cfg, s, tmp / record.rel)
+    except Exception as e:  # noqa: BLE001 - one run that cannot train (no data here, ...) must not hide the others
+        line = (str(e).strip().splitlines() or [""])[0]
+        return Outcome(record.rel, "not checked", f"re-training failed: {type(e).__name__}: {line}", time.perf_counter() - t0)
+    verdict, detail = compare(committed, fresh, s, sizes)
+    threads = cfg.train.threads
+    setting = f"{s} steps{longer}, {threads} thread{'s' if threads != 1 else ''}"
+    torch_then = (record.summary.get("provenance") or {}).get("torch")
+    if verdict != "bit-identical" and isinstance(torch_then, str):
+        import torch
+
+        if torch_then != torch.__version__:
+            setting += f", trained with torch {torch_then}, now {torch.__version__}"
+    return Outcome(record.rel, verdict, f"{setting}: {detail}", time.perf_counter() - t0)
+
+
+def main(root: Path, n: int, steps: int | None = None, seed: int = 0) -> int:
+    """Print one line per sampled run and a final count; 1 if any run differs or could not be checked, 2 on bad input."""
+    steps = DEFAULT_STEPS if steps is None else steps
+    if n < 1 or steps < 1:
+        print(f"error: --reproduce and --steps need a positive number (got {n} and {steps})", file=sys.stderr)
+        return 2
+    runs = list(committed_runs(Path(root)))
+    picked = sample(runs, n, seed)
+    if not picked:
+        print(f"error: no finished runs under {root}; give a study folder holding completed runs", file=sys.stderr)
+        return 2
+    finished = sum(r.summary.get("status") in FINISHED for r in runs)
+    print(
+        f"re-training {len(picked)} of {finished} finished runs under {root} (sample seed {seed}) "
+        f"for their first {steps} steps on the CPU; tolerance: {REL_TOL:g} relative, accuracies within one example",
+        file=sys.stderr,
+    )
+    outcomes = []
+    with tempfile.TemporaryDirectory(prefix="bnstudy-reproduce-") as tmp:
+        for record in picked:
+            o = reproduce_one(record, steps, Path(tmp))
+            outcomes.append(o)
+            print(f"{o.verdict:<16} {o.rel}  ({o.detail}; {o.seconds:.1f} s)", flush=True)
+    counts = {v: sum(o.verdict == v for o in outcomes) for v in ("bit-identical", "within tolerance", "different", "not checked")}
+    bad = counts["different"] + counts["not checked"]
+    print(
+        f"{len(outcomes)} run(s) re-trained: " + ", ".join(f"{c} {v}" for v, c in counts.items())
+        + ("" if bad else " - the committed numbers reproduce"),
+        file=sys.stderr,
+    )
+    return 1 if bad else 0
