@@ -63,8 +63,9 @@ class _FolderRun:
 
 def read_metrics(path: Path) -> pd.DataFrame:
     """A metrics.csv as a DataFrame; values parse back to the exact float64 that ``repr`` wrote."""
-    df = pd.read_csv(path, dtype={"split": str, "metric": str}, keep_default_na=False, float_precision="round_trip")
-    df["value"] = pd.to_numeric(df["value"], errors="coerce")  # 'nan' and 'inf' stay floats
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for c in ("step", "value"):
+        df[c] = pd.to_numeric(df[c], errors="coerce")  # exact for repr's digits; 'nan' and 'inf' stay floats
     return df
 
 
