@@ -99,9 +99,14 @@ def committed_runs(root: Path) -> Iterator[Any]:
     return iter_runs(Path(root))
 
 
+def _summary(record: Any) -> dict[str, Any]:
+    s = record.summary  # None in an archive record whose summary.json is unreadable
+    return s if isinstance(s, dict) else {}
+
+
 def sample(runs: list[Any], n: int, seed: int) -> list[Any]:
     """``n`` finished runs drawn without replacement by ``random.Random(seed)`` from the runs sorted by path."""
-    finished = sorted((r for r in runs if r.summary.get("status") in FINISHED), key=lambda r: r.rel)
+    finished = sorted((r for r in runs if _summary(r).get("status") in FINISHED), key=lambda r: r.rel)
     return random.Random(seed).sample(finished, min(n, len(finished)))
 
 
@@ -123,10 +128,10 @@ def rebuild(record: Any) -> Any:
         return f"config.yaml does not build a run config ({e})"
     # A key the config lacks is filled with today's default; the run name's hash shows whether
     # that default is what trained the run. (A run without a recorded name is taken as it is.)
-    recorded = record.summary.get("run")
+    recorded = _summary(record).get("run")
     if isinstance(recorded, str) and recorded != name:
         return f"config.yaml rebuilds as {name}, not the recorded {recorded} (missing or changed keys)"
-    threads = (record.summary.get("provenance") or {}).get("threads")
+    threads = (_summary(record).get("provenance") or {}).get("threads")
     cfg.train.threads = threads if isinstance(threads, int) and threads > 0 else 1
     cfg.device = "cpu"
     cfg.train.progress = "off"
@@ -216,6 +221,18 @@ def compare(committed: pd.DataFrame, fresh: pd.DataFrame, steps: int, sizes: dic
     return "within tolerance", f"{len(old)} values; largest relative difference {rel:.1e} at step {key[0]} {key[1]}/{key[2]}"
 
 
+def _what_differs(summary: dict[str, Any]) -> str:
+    """What the run recorded about its machine that differs from this one (the usual causes of rounding)."""
+    import torch
+
+    prov = summary.get("provenance")
+    if not isinstance(prov, dict):
+        return ", trained before provenance was recorded (torch version and CPU kernels unknown)"
+    now = {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    diff = [f"{k} {prov[k]} then, {v} now" for k, v in now.items() if isinstance(prov.get(k), str) and prov[k] != v]
+    return "".join(f", {d}" for d in diff)
+
+
 def reproduce_one(record: Any, steps: int, tmp: Path) -> Outcome:
     """Re-train one committed run for its first ``steps`` steps in a folder under ``tmp`` and compare it."""
     cfg = rebuild(record)
@@ -224,8 +241,8 @@ def reproduce_one(record: Any, steps: int, tmp: Path) -> Outcome:
     t0 = time.perf_counter()
     try:
         committed = record.metrics()
-    except (OSError, ValueError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        return Outcome(record.rel, "not checked", f"its metrics cannot be read ({e})")
+    except Exception as e:  # noqa: BLE001 - unreadable metrics (a damaged file or pack) leave this run unchecked
+        return Outcome(record.rel, "not checked", f"its metrics cannot be read ({type(e).__name__}: {e})")
     logged = pd.to_numeric(committed["step"], errors="coerce").dropna()
     if logged.empty:
         return Outcome(record.rel, "not checked", "its metrics.csv holds no rows")
@@ -241,12 +258,8 @@ def reproduce_one(record: Any, steps: int, tmp: Path) -> Outcome:
     verdict, detail = compare(committed, fresh, s, sizes)
     threads = cfg.train.threads
     setting = f"{s} steps{longer}, {threads} thread{'s' if threads != 1 else ''}"
-    torch_then = (record.summary.get("provenance") or {}).get("torch")
-    if verdict != "bit-identical" and isinstance(torch_then, str):
-        import torch
-
-        if torch_then != torch.__version__:
-            setting += f", trained with torch {torch_then}, now {torch.__version__}"
+    if verdict != "bit-identical":
+        setting += _what_differs(_summary(record))
     return Outcome(record.rel, verdict, f"{setting}: {detail}", time.perf_counter() - t0)
 
 
@@ -261,7 +274,7 @@ def main(root: Path, n: int, steps: int | None = None, seed: int = 0) -> int:
     if not picked:
         print(f"error: no finished runs under {root}; give a study folder holding completed runs", file=sys.stderr)
         return 2
-    finished = sum(r.summary.get("status") in FINISHED for r in runs)
+    finished = sum(_summary(r).get("status") in FINISHED for r in runs)
     print(
         f"re-training {len(picked)} of {finished} finished runs under {root} (sample seed {seed}) "
         f"for their first {steps} steps on the CPU; tolerance: {REL_TOL:g} relative, accuracies within one example",
@@ -280,4 +293,10 @@ def main(root: Path, n: int, steps: int | None = None, seed: int = 0) -> int:
         + ("" if bad else " - the committed numbers reproduce"),
         file=sys.stderr,
     )
+    if counts["within tolerance"]:
+        print(
+            "rounding differs: bit-identity needs the run's torch version, thread count and CPU vector kernels "
+            "(ATEN_CPU_CAPABILITY=avx2 makes an AVX-512 CPU use the AVX2 ones)",
+            file=sys.stderr,
+        )
     return 1 if bad else 0
