@@ -153,3 +153,11 @@ def test_a_folder_without_finished_runs_exits_2(tmp_path):
     (tmp_path / "r" / "summary.json").write_text(json.dumps({"status": "running"}))
     code, _, err = call(runs, [str(tmp_path), "--reproduce", "1"])
     assert code == 2 and "no finished runs" in err
+
+
+def test_a_child_process_retrains_the_same_numbers(tmp_path, tmp_data):
+    cfg = tiny("bn", seed=4)
+    here, sizes = reproduce.retrain(cfg, 10, tmp_path / "here")
+    child, child_sizes = reproduce._retrain_in_child(cfg, 10, tmp_path / "child", {})  # e.g. under AVX2_ENV
+    assert reproduce.compare(here, child, 10, sizes)[0] == "bit-identical" and child_sizes == sizes == {"test": 128}
+    assert reproduce._may_be_avx2({"provenance": {"cpu_capability": "AVX512"}}) is False
