@@ -131,8 +131,11 @@ def rebuild(record: Any) -> Any:
     recorded = _summary(record).get("run")
     if isinstance(recorded, str) and recorded != name:
         return f"config.yaml rebuilds as {name}, not the recorded {recorded} (missing or changed keys)"
+    # the count the run used (provenance), else the one its config asked for, else 1
     threads = (_summary(record).get("provenance") or {}).get("threads")
-    cfg.train.threads = threads if isinstance(threads, int) and threads > 0 else 1
+    if not (isinstance(threads, int) and threads > 0):
+        threads = cfg.train.threads if cfg.train.threads > 0 else 1
+    cfg.train.threads = threads
     cfg.device = "cpu"
     cfg.train.progress = "off"
     cfg.train.compile = False  # eager on the CPU: compiling costs more than a few hundred steps
@@ -161,7 +164,11 @@ def _stop_hook(steps: int, stop: Any, sizes: dict[str, int]) -> Any:
 def retrain(cfg: Any, steps: int, run_dir: Path) -> tuple[pd.DataFrame, dict[str, int]]:
     """Train ``cfg`` in ``run_dir`` until step ``steps`` (all steps if fewer); its metrics and eval split sizes."""
     from bnstudy import train as train_lib
-    from bnstudy.train.loop import Interrupted, StopRequest
+
+    try:  # the public names; bnstudy.train.loop until the package exports them
+        from bnstudy.train import Interrupted, StopRequest
+    except ImportError:
+        from bnstudy.train.loop import Interrupted, StopRequest
 
     stop = StopRequest()
     sizes: dict[str, int] = {}
