@@ -275,6 +275,8 @@ def reproduce_one(record: Any, steps: int, tmp: Path) -> Outcome:
             again = ("not checked", str(e))
         if again[0] == "bit-identical":
             verdict, detail = again[0], f"{again[1]}, with AVX2 kernels (not with this CPU's AVX-512 ones: {verdict})"
+        else:
+            detail += f"; with AVX2 kernels: {again[0]}" + (f", {again[1]}" if again[1] != detail else ", the same")
     if verdict != "bit-identical":
         setting += _what_differs(_summary(record))
     return Outcome(record.rel, verdict, f"{setting}: {detail}", time.perf_counter() - t0)
