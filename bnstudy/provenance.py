@@ -184,6 +184,17 @@ def recorded_code(summary: dict[str, Any]) -> dict[str, str] | None:
     return files
 
 
+def equivalence(summary: dict[str, Any], current: dict[str, Any] | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """An :data:`EQUIVALENT` entry's (before, after) from a run's record to ``current`` (this process's code).
+
+    To be added, with the check that justifies it, only after ``--reproduce``
+    showed runs with this record bit-identical under the current code.
+    """
+    then = recorded_code(summary) or {}
+    now = {f: h for f, h in (current or current_code())["files"].items() if is_training(f)}
+    return {f: h for f, h in then.items() if now.get(f) != h}, {f: h for f, h in now.items() if then.get(f) != h}
+
+
 def code_version(summary: dict[str, Any]) -> str | None:
     """The fingerprint of a run's training code by today's rule (comparable across runs), or None when unknown."""
     files = recorded_code(summary)

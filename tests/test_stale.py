@@ -17,7 +17,7 @@ def test_bookkeeping_edits_leave_runs_current(tmp_path):
     copy = tmp_path / "pkg"
     shutil.copytree(ROOT / "bnstudy", copy, ignore=shutil.ignore_patterns("__pycache__"))
     run = _summary(current_code(copy)["files"])
-    for rel in ("cli.py", "runs.py", "runs_cli.py", "errors.py", "reproduce.py", "provenance.py", "analysis/plots.py"):
+    for rel in ("cli/app.py", "cli/skip.py", "runs.py", "runs_cli.py", "errors.py", "reproduce.py", "provenance.py", "analysis/plots.py"):
         (copy / rel).write_text((copy / rel).read_text() + "\n# a message reworded\n")
     (copy / "archive.py").write_text("# packs finished runs\n")
     assert stale_files(run, current_code(copy)) == []
@@ -56,4 +56,14 @@ def test_the_rule_names_files_that_exist_or_are_expected():
     expected = {"archive.py", "threads.py"}
     for name in NOT_TRAINING:
         assert name in expected or list((ROOT / "bnstudy").glob(name.rstrip("/") + "*")), name
-    assert is_training("train/loop.py") and is_training("bnstudy/norm/variants.py") and not is_training("bnstudy/cli.py")
+    assert is_training("train/loop.py") and is_training("bnstudy/norm/variants.py") and not is_training("bnstudy/cli/sweep.py")
+
+
+def test_an_equivalence_entry_made_from_a_record_makes_it_current(monkeypatch):
+    now = current_code()["files"]
+    old = {k: v for k, v in now.items() if k != "bnstudy/train/state.py"} | {"bnstudy/probes.py": "d" * 12, "bnstudy/cli.py": "e" * 12}
+    before, after = provenance.equivalence(_summary(old))
+    assert before == {"bnstudy/probes.py": "d" * 12} and set(after) == ({"bnstudy/train/state.py"} & set(now))
+    assert "bnstudy/probes.py" in stale_files(_summary(old))
+    monkeypatch.setattr(provenance, "EQUIVALENT", [(before, after, "test")])
+    assert stale_files(_summary(old)) == []
