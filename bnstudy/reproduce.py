@@ -202,16 +202,17 @@ def _same(a: float, b: float) -> bool:
 
 
 def compare(committed: pd.DataFrame, fresh: pd.DataFrame, steps: int, sizes: dict[str, int]) -> tuple[str, str]:
-    """(verdict, detail) for the rows with step <= ``steps`` of a committed and a re-trained metrics table."""
+    """(verdict, detail) for the rows with step <= ``steps`` of a committed and a re-trained metrics table.
+
+    Every committed row must be logged again; rows only the re-run logs (a probe
+    metric added since) are counted in the detail but judge nothing.
+    """
     old, new = _rows(committed, steps), _rows(fresh, steps)
-    order = sorted(set(old) | set(new), key=lambda k: (k[0], k not in old))
     worst: tuple[float, tuple[int, str, str]] | None = None
-    for key in order:
+    for key in sorted(old, key=lambda k: k[0]):  # metrics.csv order within a step
         where = f"step {key[0]} {key[1]}/{key[2]}"
         if key not in new:
             return "different", f"first differing row: {where} = {old[key]!r} was logged, the re-run logged no such row"
-        if key not in old:
-            return "different", f"first differing row: {where} = {new[key]!r} is logged by the re-run, not by the committed run"
         a, b = old[key], new[key]
         if _same(a, b):
             continue
@@ -222,10 +223,12 @@ def compare(committed: pd.DataFrame, fresh: pd.DataFrame, steps: int, sizes: dic
             worst = (rel, key)
     if not old:
         return "different", f"no rows with step <= {steps} to compare"
+    extra = len(set(new) - set(old))
+    more = f" (and {extra} row{'s' if extra != 1 else ''} the committed run did not log)" if extra else ""
     if worst is None:
-        return "bit-identical", f"{len(old)} values"
+        return "bit-identical", f"{len(old)} values{more}"
     rel, key = worst
-    return "within tolerance", f"{len(old)} values; largest relative difference {rel:.1e} at step {key[0]} {key[1]}/{key[2]}"
+    return "within tolerance", f"{len(old)} values{more}; largest relative difference {rel:.1e} at step {key[0]} {key[1]}/{key[2]}"
 
 
 def _what_differs(summary: dict[str, Any]) -> str:

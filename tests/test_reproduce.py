@@ -161,3 +161,11 @@ def test_a_child_process_retrains_the_same_numbers(tmp_path, tmp_data):
     child, child_sizes = reproduce._retrain_in_child(cfg, 10, tmp_path / "child", {})  # e.g. under AVX2_ENV
     assert reproduce.compare(here, child, 10, sizes)[0] == "bit-identical" and child_sizes == sizes == {"test": 128}
     assert reproduce._may_be_avx2({"provenance": {"cpu_capability": "AVX512"}}) is False
+
+
+def test_rows_only_the_rerun_logs_judge_nothing_but_a_missing_row_does():
+    base = pd.DataFrame({"step": [10, 10], "split": ["train", "test"], "metric": ["loss", "loss"], "value": [1.0, 2.0], "seconds": [0.0] * 2})
+    more = pd.concat([base, base.iloc[:1].assign(split="probe", metric="layer1/new")])
+    assert reproduce.compare(base, more, 10, {}) == ("bit-identical", "2 values (and 1 row the committed run did not log)")
+    verdict, detail = reproduce.compare(more, base, 10, {})
+    assert verdict == "different" and "step 10 probe/layer1/new" in detail
