@@ -28,6 +28,7 @@ NOT_TRAINING: dict[str, str] = {
     "archive.py": "packs and reads finished runs",
     "bench": "times the loop; its runs are not kept",
     "cli": "the Hydra entry point: composes the config (recorded in config.yaml), skips, locks, signals",
+    "devices.py": "which device a job gets and its time budget (the device is recorded in the summary)",
     "errors.py": "exception classes and their messages",
     "provenance.py": "this record",
     "reproduce.py": "re-trains committed runs in a temporary folder",
@@ -35,6 +36,7 @@ NOT_TRAINING: dict[str, str] = {
     "runs_cli.py": "bnstudy-runs and bnstudy-report",
     "threads.py": "the thread-count policy; the count a run used is recorded (provenance.threads)",
     "train/__main__.py": "python -m bnstudy.train",
+    "transfer.py": "moves finished run folders between machines",
 }
 UNKNOWN = "unknown"
 
