@@ -270,7 +270,7 @@ def reproduce_one(record: Any, steps: int, tmp: Path) -> Outcome:
     setting = f"{s} steps{longer}, {threads} thread{'s' if threads != 1 else ''}"
     if verdict != "bit-identical" and _may_be_avx2(_summary(record)):
         # Reductions and convolutions sum in another order under AVX-512 than under AVX2, and runs
-        # trained before provenance recorded the kernels came from AVX2 machines: try their kernels.
+        # trained before provenance recorded the kernels (those checked) came from AVX2 machines: try theirs.
         try:
             fresh, sizes = _retrain_in_child(cfg, s, tmp / "avx2" / record.rel, AVX2_ENV)
             again = compare(committed, fresh, s, sizes)
