@@ -165,18 +165,12 @@ def retrain(cfg: Any, steps: int, run_dir: Path) -> tuple[pd.DataFrame, dict[str
     """Train ``cfg`` in ``run_dir`` until step ``steps`` (all steps if fewer); its metrics and eval split sizes."""
     from bnstudy import train as train_lib
 
-    try:  # the public names; bnstudy.train.loop until the package exports them
-        from bnstudy.train import Interrupted, StopRequest
-    except ImportError:
-        from bnstudy.train.loop import Interrupted, StopRequest
+    from bnstudy.train import Interrupted, StopRequest
 
     stop = StopRequest()
     sizes: dict[str, int] = {}
-    # the hooks the Hydra entry point adds (probes), as it adds them, then the stop
-    hooks = list(train_lib.extra_hooks(cfg)) if hasattr(train_lib, "extra_hooks") else []
-    hooks.append(_stop_hook(steps, stop, sizes))
-    try:
-        train_lib.train_run(cfg, run_dir, extra_hooks=hooks, stop=stop)
+    try:  # extra hooks run after the config's own (log, eval, probes), so step S is logged in full
+        train_lib.train_run(cfg, run_dir, extra_hooks=[_stop_hook(steps, stop, sizes)], stop=stop)
     except Interrupted:
         pass  # the stop this module asked for, after step S
     return read_metrics(run_dir / "metrics.csv"), sizes

@@ -11,7 +11,7 @@ import pytest
 from bnstudy import reproduce
 from bnstudy.config import RunConfig, run_name
 from bnstudy.runs_cli import runs
-from bnstudy.train import extra_hooks, train_run
+from bnstudy.train import train_run
 
 from .test_provenance import call
 from .test_report import tiny
@@ -19,7 +19,7 @@ from .test_report import tiny
 
 def _train(root: Path, cfg: RunConfig) -> Path:
     run = root / run_name(cfg.to_dict())
-    train_run(cfg, run, extra_hooks=extra_hooks(cfg))
+    train_run(cfg, run)
     return run
 
 
