@@ -30,6 +30,7 @@ NOT_TRAINING: dict[str, str] = {
     "cli": "the Hydra entry point: composes the config (recorded in config.yaml), skips, locks, signals",
     "devices.py": "which device a job gets and its time budget (the device is recorded in the summary)",
     "errors.py": "exception classes and their messages",
+    "fmt.py": "how values are written in run names, labels and tables",
     "provenance.py": "this record",
     "reproduce.py": "re-trains committed runs in a temporary folder",
     "runs.py": "run-folder files: metrics.csv and summary.json writing and checks, locks",
