@@ -158,17 +158,15 @@ def _device_name(device: str) -> str:
     return cpu_model()
 
 
-def provenance(device: Any = "cpu") -> dict[str, Any]:
-    """The record for summary.json: code identity, versions, machine, device name and torch's thread count now."""
+def provenance(device: Any = "cpu", threads_why: str = "torch's default") -> dict[str, Any]:
+    """The record for summary.json: code identity, versions, machine, device name, torch's thread count now and why."""
     import torch
-
-    from bnstudy import threads
 
     return {
         **_static(),
         "device_name": _device_name(str(device)),
         "threads": torch.get_num_threads(),  # results are bit-identical only at the same thread count
-        "threads_why": threads.current().why if threads.current() else "torch's default (no bnstudy build step ran)",
+        "threads_why": threads_why,
         "code": current_code(),
     }
 

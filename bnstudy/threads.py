@@ -148,3 +148,8 @@ def apply(cfg: RunConfig) -> Decision:
 def current() -> Decision | None:
     """The last decision :func:`apply` made in this process, None before any."""
     return _current
+
+
+def why() -> str:
+    """Why this process has its thread count (for provenance): the last decision, or torch's default."""
+    return _current.why if _current else "torch's default (no bnstudy build step ran)"

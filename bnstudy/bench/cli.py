@@ -13,13 +13,12 @@ import torch
 from bnstudy.bench.common import CASES, QUICK_MODELS, Check, Options, load_avg, log
 
 CASE_NAMES = ("speed", "busy", "full")
+DESCRIPTION = "how fast is bnstudy's training path, and where does the time outside it go? (cases: speed, busy, full)"
 
 
 def parse(argv: list[str] | None = None) -> Options:
     """Command line -> :class:`Options` (``--quick`` shrinks everything to under a minute)."""
-    from bnstudy.bench import __doc__ as doc
-
-    p = argparse.ArgumentParser(prog="bnstudy-bench", description=(doc or "").split("\n")[0])
+    p = argparse.ArgumentParser(prog="bnstudy-bench", description=DESCRIPTION)
     p.add_argument("--case", default="speed", help=f"comma-separated, of: {','.join(CASE_NAMES)} (default speed)")
     p.add_argument("--quick", action="store_true", help="mlp + cnn, few steps, light (e)/(f); full width: 1 step, batch 128, no compile")
     p.add_argument("--models", help=f"comma-separated, of: {','.join(CASES)} (default: all; --quick: {','.join(QUICK_MODELS)})")
