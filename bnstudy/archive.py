@@ -188,7 +188,8 @@ class Pack:
                 missing = [c for c in COLUMNS if c not in self._table.columns]
                 if missing:
                     raise PackError(f"{path} has no column(s) {', '.join(missing)}; restore it from git")
-                self._table["run"] = self._table["run"].astype(str)
+                for c in ("run", "split", "metric"):  # dictionary-encoded on disk: plain strings, as from metrics.csv
+                    self._table[c] = self._table[c].astype(str)
         return self._table
 
     def metrics_of(self, run: str):
@@ -206,14 +207,19 @@ class Pack:
         return self._index
 
 
-_PACKS: dict[tuple[str, int, int], Pack] = {}
+_PACKS: dict[tuple, Pack] = {}
 
 
 def load_pack(root: Path) -> Pack:
-    """The pack in folder ``root``, cached until its runs.jsonl changes."""
+    """The pack in folder ``root``, cached until one of its two files changes."""
     path = Path(root) / PACK_RUNS
     st = path.stat()
-    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    try:
+        mt = (Path(root) / PACK_METRICS).stat()
+        table = (mt.st_mtime_ns, mt.st_size, mt.st_ino)
+    except OSError:
+        table = None
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size, table)
     if key not in _PACKS:
         _PACKS.clear() if len(_PACKS) > 64 else None
         _PACKS[key] = Pack(Path(root))
@@ -234,7 +240,7 @@ def iter_runs(root: str | Path) -> Iterator[RunRecord]:
             for e in pack.entries:
                 rel = e["run"] if rel_here == "." else f"{rel_here}/{e['run']}"
                 found[rel] = RunRecord(rel, root / rel, pack, e)
-        if "summary.json" in filenames:
+        if "summary.json" in filenames or "metrics.csv" in filenames:  # a run that lost its summary is still listed
             folders[rel_here] = RunRecord(rel_here, here)
     found.update(folders)
     for rel in sorted(found):

@@ -188,3 +188,53 @@ def unpack(root: str | Path) -> int:
     (root / PACK_METRICS).unlink(missing_ok=True)
     (root / PACK_RUNS).unlink()
     return n
+
+
+def pack_problems(root: str | Path) -> list[str]:
+    """What is wrong with the pack in ``root`` as a whole: unreadable files, schema, duplicate runs, row counts."""
+    import pyarrow.parquet as pq
+
+    root = Path(root)
+    try:
+        p = load_pack(root)
+    except (OSError, PackError) as e:
+        return [str(e)]
+    out = []
+    runs = [e["run"] for e in p.entries]
+    if len(set(runs)) != len(runs):
+        out.append(f"{PACK_RUNS} lists {len(runs) - len(set(runs))} run(s) twice")
+    path = root / PACK_METRICS
+    if any(e.get("rows") for e in p.entries) or path.exists():
+        try:
+            schema = pq.read_schema(path)
+        except Exception as e:  # pyarrow raises several kinds for a missing or damaged file
+            return out + [f"{PACK_METRICS} is unreadable ({type(e).__name__}: {str(e)[:120]}); restore it from git"]
+        want = {"run": "string", "step": "int64", "split": "string", "metric": "string", "value": "double", "seconds": "double"}
+        for name, kind in want.items():
+            got = str(schema.field(name).type) if name in schema.names else None
+            if got is None or kind not in got:  # a dictionary<values=string, ...> column is a string column
+                out.append(f"{PACK_METRICS} column {name} is {got or 'missing'}, expected {kind}")
+        if out:
+            return out
+        try:
+            counts = p.table().groupby("run", sort=False).size().to_dict()
+        except PackError as e:
+            return out + [str(e)]
+        listed = set(runs)
+        strays = [r for r in counts if r not in listed]
+        if strays:
+            out.append(f"{PACK_METRICS} has rows of {len(strays)} run(s) not in {PACK_RUNS} (e.g. {strays[0]})")
+        for e in p.entries:
+            if int(counts.get(e["run"], 0)) != int(e.get("rows") or 0):
+                out.append(f"{e['run']}: {PACK_METRICS} has {counts.get(e['run'], 0)} row(s), {PACK_RUNS} says {e.get('rows') or 0}")
+    return out
+
+
+def find_packs(root: str | Path) -> list[Path]:
+    """Every folder under ``root`` (``root`` included) holding a pack."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if PACK_RUNS in filenames:
+            found.append(Path(dirpath))
+    return sorted(found)

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -363,9 +364,7 @@ def _config_problems(run_dir: Path, text: str | None, s: dict[str, Any]) -> list
         name = run_name(cfg)
     except (ConfigError, KeyError, TypeError) as e:
         return [f"config.yaml does not name a run ({e})"]
-    if name.split("/")[0] == run_dir.parent.name and name.split("/")[-1] == run_dir.name or _named_differently(run_dir):
-        pass
-    else:
+    if name != f"{run_dir.parent.name}/{run_dir.name}" and not _named_differently(run_dir):
         out.append(f"config.yaml names {name}, not this folder (edited after the run?)")
     steps = (cfg.get("train") or {}).get("steps") if isinstance(cfg.get("train"), dict) else None
     if s.get("status") == "completed" and isinstance(steps, int) and isinstance(s.get("step"), int) and s["step"] < steps:
@@ -373,7 +372,57 @@ def _config_problems(run_dir: Path, text: str | None, s: dict[str, Any]) -> list
     return out
 
 
+_NAMED = re.compile(r".+-[0-9a-f]{8}/seed\d+")
+
+
 def _named_differently(run_dir: Path) -> bool:
     # a run trained by train_run() into a folder of the caller's choosing (tests, the benchmark) has no
     # <name>-<hash>/seedN path to check against
-    return not (run_dir.name.startswith("seed") and "-" in run_dir.parent.name)
+    return not _NAMED.fullmatch(f"{run_dir.parent.name}/{run_dir.name}")
+
+
+# ---------------------------------------------------------------- the sweep's record
+
+SWEEPS_LOG = "sweeps.log"  # every sweep command that trained something in this out_dir, one per line
+
+
+def sweep_record_before(sweep_dir: Path) -> bytes | None:
+    """multirun.yaml as it is before a sweep starts (Hydra rewrites it first thing); None when absent."""
+    try:
+        return (Path(sweep_dir) / "multirun.yaml").read_bytes()
+    except OSError:
+        return None
+
+
+def keep_sweep_record(sweep_dir: Path, before: bytes | None, sweep_id: str | None) -> None:
+    """After a sweep: put back multirun.yaml when none of its jobs trained, else log its command in sweeps.log.
+
+    A re-run of a finished study then leaves its folder exactly as it was
+    (``git status`` stays clean), and a second sweep into the same out_dir
+    adds its command instead of hiding the first one.
+    """
+    from bnstudy.analysis.load import multirun_command
+
+    sweep_dir = Path(sweep_dir)
+    path = sweep_dir / "multirun.yaml"
+    trained = sweep_id is not None and any(
+        (s := read_summary(p.parent)) is not None and s.get("sweep_id") == sweep_id for p in sweep_dir.glob("**/summary.json")
+    )
+    if not trained:
+        if before is not None:
+            atomic_write_text(path, before.decode())
+        return
+    log = sweep_dir / SWEEPS_LOG
+    logged = log.read_text().splitlines() if log.exists() else []
+    commands = []
+    if before is not None:
+        old = sweep_dir / f".multirun.{os.getpid()}.before.yaml"
+        old.write_bytes(before)
+        try:
+            commands.append(multirun_command(old))  # the sweep that made this folder, if it was another one
+        finally:
+            old.unlink(missing_ok=True)
+    commands.append(multirun_command(path))
+    new = [c for c in dict.fromkeys(commands) if c is not None and c not in logged]
+    if new:
+        atomic_write_text(log, "".join(line + "\n" for line in [*logged, *new]))

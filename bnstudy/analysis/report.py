@@ -25,6 +25,7 @@ from bnstudy.analysis.aggregate import (
 )
 from bnstudy.analysis.load import FACTORS, load_metrics, load_runs, sweep_commands
 from bnstudy.analysis.plots import figures, save_figure, variant_order
+from bnstudy.archive import run_file_text
 from bnstudy.provenance import UNKNOWN
 from bnstudy.runs import check_run
 
@@ -196,7 +197,7 @@ def _problem_runs(runs: pd.DataFrame, skipped: list[str], damaged: dict[str, str
     lines += ["| run | status | step | diverged at | detail |", "|---|---|---|---|---|"]
     for r in bad.itertuples(index=False):
         err = Path(r.run_dir) / "error.txt"
-        detail = f"`{err}`" if err.exists() else ""
+        detail = f"`{err}`" if err.exists() else ("error.txt kept in the pack (`bnstudy-runs --unpack`)" if run_file_text(err.parent, "error.txt") else "")
         lines.append(f"| {r.run} | {r.status} | {_fmt(r.step)} | {_fmt(r.diverged_at)} | {detail} |")
     lines += [f"| {s} | unreadable | – | – | skipped |" for s in skipped]
     lines += [f"| {run} | damaged | – | – | left out of every table and figure: {why} |" for run, why in (damaged or {}).items()]
@@ -249,14 +250,14 @@ def build_report(
     out: str | Path | None = None,
     target: float | None = None,
     reference: str | None = None,
-    vector: bool = True,
+    vector: bool = False,
 ) -> Path:
     """Write ``out/report.md``, ``summary.csv``, ``differences.csv``, ``tuned.csv`` and ``figures/`` for ``root``; return report.md.
 
     ``reference``: the variant the others are compared with (default ``bn``,
     skipped with a note when absent; an explicit one must have runs).
     ``vector``: also write each figure as SVG (large for figures of many runs;
-    off keeps a committed study small).
+    off, the default, keeps a committed study small).
     """
     root = Path(root)
     out = Path(out) if out is not None else root
@@ -491,14 +492,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", help="where report.md, summary.csv and figures/ go (default: DIR)")
     p.add_argument("--target", type=float, help="test accuracy for time-to-target (default: per dataset, e.g. mnist 0.97)")
     p.add_argument("--reference", help="variant the others are compared with in the differences tables (default: bn)")
-    p.add_argument("--no-svg", action="store_true", help="write figures as PNG only (SVGs of many-run figures are large)")
+    svg = p.add_mutually_exclusive_group()
+    svg.add_argument("--svg", action="store_true", help="also write each figure as SVG (large for many runs: not for committed studies)")
+    svg.add_argument("--no-svg", action="store_true", help="PNG figures only (the default; kept for older commands)")
     a = p.parse_args(argv)
     if not Path(a.dir).is_dir():
         p.exit(2, f"error: {a.dir} is not a folder; give the out_dir of a run or sweep\n")
     if a.target is not None and not 0 < a.target <= 1:
         p.exit(2, f"error: --target is a test accuracy in (0, 1], got {a.target}\n")
     try:
-        path = build_report(a.dir, a.out, a.target, a.reference, vector=not a.no_svg)
+        path = build_report(a.dir, a.out, a.target, a.reference, vector=a.svg)
     except (NoRuns, UnknownReference, MixedStudies) as e:
         p.exit(2, f"error: {e}\n")
     print(path)
