@@ -114,6 +114,16 @@ class RunRecord:
                 self._config = None
         return self._config
 
+    @property
+    def overrides(self) -> list[str] | None:
+        """The command-line overrides that made the run (Hydra's ``.hydra/overrides.yaml``), when recorded."""
+        if self._entry is not None:
+            return self._entry.get("overrides")
+        try:
+            return yaml.safe_load((self.dir / ".hydra" / "overrides.yaml").read_text())
+        except (OSError, yaml.YAMLError):
+            return None
+
     def file_text(self, name: str) -> str | None:
         """The text of one of the run's files (``PACKED_FILES``) as it would be in its folder; None when absent."""
         if self.pack is None:

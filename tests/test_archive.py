@@ -168,3 +168,12 @@ def test_a_packed_study_rerun_trains_nothing_and_a_new_seed_is_merged(tmp_path, 
     assert call(runs, [str(out), "--pack"])[0] == 0
     assert not list(out.glob("*/seed*")) and [r.rel.split("/")[1] for r in iter_runs(out)] == ["seed0", "seed1"]
     assert call(runs, [str(out), "--check"])[0] == 0
+
+
+def test_report_tells_runs_outside_a_git_checkout_from_runs_before_provenance(tmp_path):
+    from bnstudy.analysis.report import _code_lines
+
+    runs = pd.DataFrame({"commit": ["unknown", "unknown", "abc1234"], "code": ["f1", None, "f1"]})
+    line = _code_lines(tmp_path, runs)[0]
+    assert "abc1234 (1 run)" in line and "unknown (1 run: trained before provenance was recorded)" in line
+    assert "unknown (1 run: trained outside a git checkout)" in line

@@ -229,10 +229,16 @@ def _without_damaged(runs: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
 
 def _code_lines(root: Path, runs: pd.DataFrame) -> list[str]:
     """The commits the runs came from, and a warning (also on stderr) when they come from different training code."""
-    counts = runs["commit"].fillna(UNKNOWN).value_counts()
+    commits = runs["commit"].fillna(UNKNOWN)
+    counts = commits.value_counts()
     shown = [f"{c} ({n} run{'s' if n > 1 else ''})" for c, n in counts.items() if c != UNKNOWN]
-    if UNKNOWN in counts:
-        shown.append(f"unknown ({counts[UNKNOWN]} run{'s' if counts[UNKNOWN] > 1 else ''}: trained before provenance was recorded)")
+    # no commit but a code fingerprint: provenance was recorded, the code just was not a git checkout
+    outside = int((commits.eq(UNKNOWN) & runs["code"].notna()).sum())
+    before = int(counts.get(UNKNOWN, 0)) - outside
+    if before:
+        shown.append(f"unknown ({before} run{'s' if before > 1 else ''}: trained before provenance was recorded)")
+    if outside:
+        shown.append(f"unknown ({outside} run{'s' if outside > 1 else ''}: trained outside a git checkout)")
     lines = ["- code: commit " + ", ".join(shown)]
     versions = runs["code"].dropna().nunique()
     if versions > 1:
