@@ -77,6 +77,83 @@ def _parse_metrics(text: str) -> dict[str, list]:
     return cols
 
 
+# ---------------------------------------------------------------- values shared by every run of a pack
+
+SHARED = "defaults"  # runs.jsonl's first line: {"defaults": {"config": ..., "summary": ...}}; each run's line holds what differs
+
+
+def _key(v: Any) -> str:
+    # equal as JSON text: 1 and 1.0 and true differ, as they do in the files
+    return json.dumps(v, sort_keys=False)
+
+
+ABSENT = "-"  # in a run's line: the default keys this run does not have
+
+
+def common(values: list[dict[str, Any]]) -> dict[str, Any]:
+    """Defaults for ``values``: every key at least half of them have (recursively, in their order), at its most
+    frequent value (null where each has its own).
+
+    Laying a run's differences over the defaults (:func:`merge`) then gives its
+    keys back in their order; :mod:`bnstudy.archive_write` checks that it does.
+    """
+    from collections import Counter
+
+    order: list[str] = []
+    for d in values:  # the keys in an order every dict agrees with: each new key right after its predecessor
+        prev = None
+        for k in d:
+            if k not in order:
+                order.insert(order.index(prev) + 1 if prev is not None else 0, k)
+            prev = k
+    out = {}
+    for k in order:
+        have = [d[k] for d in values if k in d]
+        if 2 * len(have) < len(values):
+            continue
+        if all(isinstance(v, dict) for v in have):
+            out[k] = common(have)
+        else:
+            value, n = Counter(_key(v) for v in have).most_common(1)[0]
+            out[k] = json.loads(value) if n > 1 else None  # null: a value of each run's own (its line has it)
+    return out
+
+
+def difference(value: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """What ``value`` has beyond ``base`` (recursively); ``merge(base, difference(value, base))`` rebuilds it."""
+    out: dict[str, Any] = {}
+    missing = [k for k in base if k not in value]
+    if missing:
+        out[ABSENT] = missing
+    for k, v in value.items():
+        if k not in base:
+            out[k] = v
+        elif isinstance(v, dict) and isinstance(base[k], dict):
+            sub = difference(v, base[k])
+            if sub:
+                out[k] = sub
+        elif _key(v) != _key(base[k]):
+            out[k] = v
+    return out
+
+
+def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``patch`` laid over it (recursively), keys in ``base``'s order, then ``patch``'s new ones."""
+    out = {}
+    absent = set(patch.get(ABSENT, ()))
+    for k, v in base.items():
+        if k in absent:
+            continue
+        if k in patch and isinstance(v, dict) and isinstance(patch[k], dict):
+            out[k] = merge(v, patch[k])
+        else:
+            out[k] = patch.get(k, v)
+    for k, v in patch.items():
+        if k not in base and k != ABSENT:
+            out[k] = v
+    return out
+
+
 # ---------------------------------------------------------------- records
 
 class RunRecord:
@@ -172,13 +249,20 @@ class Pack:
         self._table = None
         self._index: dict[str, Any] | None = None
         path = self.root / PACK_RUNS
+        shared: dict[str, Any] = {}
         for n, line in enumerate(path.read_text().splitlines(), start=1):
             try:
                 e = json.loads(line)
             except ValueError as err:
                 raise PackError(f"{path} line {n} is not JSON ({err}); restore it from git") from None
+            if n == 1 and isinstance(e, dict) and isinstance(e.get(SHARED), dict):
+                shared = e[SHARED]
+                continue
             if not isinstance(e, dict) or not isinstance(e.get("run"), str) or not isinstance(e.get("summary"), dict):
                 raise PackError(f"{path} line {n} has no 'run' path and 'summary' object; restore it from git")
+            for key in ("summary", "config"):  # each line holds what differs from the shared values
+                if isinstance(shared.get(key), dict) and isinstance(e.get(key), dict) and key not in e.get("whole", ()):
+                    e[key] = merge(shared[key], e[key])
             self.entries.append(e)
         self.by_run = {e["run"]: e for e in self.entries}
 

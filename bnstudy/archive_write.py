@@ -17,8 +17,13 @@ from bnstudy.archive import (
     PACK_RUNS,
     PACKED_FILES,
     UNFINISHED,
+    SHARED,
     PackError,
     RunRecord,
+    _key,
+    common,
+    difference,
+    merge,
     _parse_metrics,
     config_text,
     iter_runs,
@@ -82,6 +87,25 @@ def _write_table(path: Path, frames: list) -> None:
     os.replace(tmp, path)
 
 
+def _runs_lines(entries: list[dict[str, Any]]) -> str:
+    """runs.jsonl's text: the values every run shares on a first line, then one line per run with the rest."""
+    shared = {}
+    for key in ("config", "summary"):
+        values = [e[key] for e in entries if isinstance(e.get(key), dict)]
+        if len(values) == len(entries) and len(values) > 1:
+            shared[key] = common(values)
+    lines = [{SHARED: shared}] if shared else []
+    for e in entries:
+        line = {k: v for k, v in e.items() if k != "whole"}
+        for key, base in shared.items():
+            line[key] = difference(e[key], base)
+            if _key(merge(base, line[key])) != _key(e[key]):  # its keys' order would not come back: kept whole
+                line[key] = e[key]
+                line["whole"] = [*line.get("whole", []), key]
+        lines.append(line)
+    return "".join(json.dumps(x, sort_keys=False, ensure_ascii=False) + "\n" for x in lines)
+
+
 def pack(root: str | Path, log=print) -> tuple[int, list[str]]:
     """Pack the finished run folders under ``root`` into ``root``'s pack (merging with one already there).
 
@@ -128,7 +152,7 @@ def pack(root: str | Path, log=print) -> tuple[int, list[str]]:
         return len(entries), left
     runs = sorted(entries)
     _write_table(root / PACK_METRICS, [frames[r][COLUMNS] for r in runs if frames.get(r) is not None])
-    lines = "".join(json.dumps(entries[r], sort_keys=False, ensure_ascii=False) + "\n" for r in runs)
+    lines = _runs_lines([entries[r] for r in runs])
     from bnstudy.runs import atomic_write_text
 
     atomic_write_text(root / PACK_RUNS, lines)
