@@ -165,6 +165,11 @@ def test_a_packed_study_rerun_trains_nothing_and_a_new_seed_is_merged(tmp_path, 
     assert more.returncode == 0 and more.stdout.count("skipped") == 1
     assert [p.parent.name for p in out.glob("*/seed*/summary.json")] == ["seed1"]  # only the new run, as a folder
     assert (out / "sweeps.log").read_text().count("bnstudy-train -m") == 2  # both sweeps' commands are kept
+    new = next(out.glob("*/seed1"))
+    (new / "summary.json").write_text("")  # damaged: retrained, with one warning line
+    again = cli(["-m", *FAST, "norm=bn", "seed=0,1", f"out_dir={out}"], cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.count("summary.json is empty") == 1, again.stdout
+    assert json.loads((new / "summary.json").read_text())["status"] == "completed"
     assert call(runs, [str(out), "--pack"])[0] == 0
     assert not list(out.glob("*/seed*")) and [r.rel.split("/")[1] for r in iter_runs(out)] == ["seed0", "seed1"]
     assert call(runs, [str(out), "--check"])[0] == 0
