@@ -19,7 +19,8 @@ import pandas as pd
 
 from bnstudy.archive import iter_runs
 from bnstudy.provenance import commit_label
-from bnstudy.runs import SWEEPS_LOG, summary_damage
+from bnstudy.runs import summary_damage
+from bnstudy.sweep_log import SWEEPS_LOG
 
 # The factors of summary.json, in the order tables show them.
 FACTORS = [

@@ -12,7 +12,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from bnstudy.runs import keep_sweep_record, read_summary, sweep_record_before
+from bnstudy.runs import read_summary
+from bnstudy.sweep_log import keep_sweep_record, sweep_record_before
 
 SWEEP_ENV = "BNSTUDY_SWEEP_ID"
 
