@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bnstudy.errors import ConfigError
+from bnstudy.fmt import fmt
 
 
 @dataclass
@@ -255,10 +256,6 @@ def config_hash(cfg: dict[str, Any]) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:8]
 
 
-def _fmt(x: Any) -> str:
-    return f"{x:g}" if isinstance(x, float) else str(x)
-
-
 def run_name(cfg: dict[str, Any]) -> str:
     """Deterministic run folder name, relative to out_dir: readable factors + hash, then the seed.
 
@@ -274,7 +271,7 @@ def run_name(cfg: dict[str, Any]) -> str:
     lr = _number("optim.lr", g("optim", "lr"), (int, float))
     bs = _number("train.batch_size", g("train", "batch_size"), (int,))
     seed = _number("seed", g("seed"), (int,))
-    readable = "-".join([*names, "lr" + _fmt(lr), "bs" + _fmt(bs)])
+    readable = "-".join([*names, "lr" + fmt(lr), "bs" + fmt(bs)])
     return f"{readable}-{config_hash(cfg)}/seed{seed}"
 
 

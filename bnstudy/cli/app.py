@@ -12,11 +12,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from bnstudy.cli import resolvers  # noqa: F401  (the resolvers and the schema the config needs)
-from bnstudy.cli.hydra_errors import FULL_ERROR_ENV, command_line_error, full_error, no_space
+from bnstudy.cli.hydra_errors import FULL_ERROR_ENV, command_line_error, full_error
 from bnstudy.cli.job import run_job
 from bnstudy.cli.skip import remove_if_empty
 from bnstudy.cli.sweep import SweepCallback
-from bnstudy.errors import BnstudyError
+from bnstudy.errors import BnstudyError, no_space
 from bnstudy.train import Interrupted
 
 log = logging.getLogger("bnstudy")
