@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import hashlib
+import io
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -50,11 +53,56 @@ def write_json(path: Path, obj: dict[str, Any]) -> None:
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    """The run's summary.json, or None when absent or unreadable."""
+    """The run's summary.json (from its folder, or from the pack holding it), or None when absent or unreadable."""
+    path = Path(run_dir) / "summary.json"
+    if not path.exists():
+        from bnstudy.archive import find_packed
+
+        rec = find_packed(Path(run_dir))
+        return rec.summary if rec is not None else None
     try:
-        return json.loads((Path(run_dir) / "summary.json").read_text())
+        s = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return s if isinstance(s, dict) else None
+
+
+def summary_damage(run_dir: Path) -> str | None:
+    """Why a run folder's summary.json cannot be read (missing beside a metrics.csv, empty, cut short); None if readable or no run."""
+    path = Path(run_dir) / "summary.json"
+    if not path.exists():
+        if (Path(run_dir) / "metrics.csv").exists() and read_summary(run_dir) is None:
+            return "summary.json is missing"
+        return None
+    try:
+        text = path.read_text()
+    except OSError as e:
+        return f"summary.json is unreadable ({e.strerror})"
+    if not text.strip():
+        return "summary.json is empty"
+    try:
+        s = json.loads(text)
+    except ValueError as e:
+        return f"summary.json is not JSON, cut short? ({e})"
+    return None if isinstance(s, dict) else "summary.json is not a JSON object"
+
+
+CHECKED_FILES = ("metrics.csv", "config.yaml")
+
+
+def checksum(text: str) -> str:
+    """sha256 of a file's text (as written, UTF-8), as summary.json's ``checksums`` record it."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def checksums(run_dir: Path) -> dict[str, str]:
+    """``{file: sha256}`` of a finished run's metrics.csv and config.yaml, for summary.json's ``checksums``."""
+    out = {}
+    for name in CHECKED_FILES:
+        path = Path(run_dir) / name
+        if path.exists():
+            out[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
 
 
 class MetricsLog:
@@ -196,12 +244,22 @@ def metrics_problems(path: Path, s: dict[str, Any]) -> list[str]:
     """What is wrong with a finished run's metrics.csv, read against its summary ``s``."""
     if not path.exists():
         return ["metrics.csv is missing"]
+    try:
+        with open(path, newline="") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        return [f"metrics.csv is unreadable ({e})"]
+    return metrics_text_problems(text, s)
+
+
+def metrics_text_problems(text: str, s: dict[str, Any]) -> list[str]:
+    """What is wrong with a finished run's metrics.csv text, read against its summary ``s``."""
     last: dict[tuple[str, str], float] = {}
     best = math.nan
     seen: set[tuple[int, str, str]] = set()
     prev_step, n = -1, 0
     try:
-        with open(path, newline="") as f:
+        with io.StringIO(text, newline="") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if header != METRICS_HEADER:
@@ -245,19 +303,82 @@ def metrics_problems(path: Path, s: dict[str, Any]) -> list[str]:
 
 
 def check_run(run_dir: Path, s: dict[str, Any] | None = None) -> list[str]:
-    """Everything found damaged in a run folder (empty: intact). Only finished runs' metrics are checked.
+    """Everything found damaged in a run (a folder, or a packed run by its would-be folder); empty: intact.
 
-    A finished run (completed or diverged) must have a metrics.csv with the header,
-    parsable rows in step order, no duplicate (step, split, metric), a last step
-    equal to the summary's, and last values equal to the summary's final and best.
+    Any run: a readable summary.json of the right types. A finished run
+    (completed or diverged) also: a config.yaml that names the run's folder
+    (:func:`bnstudy.config.run_name`), a metrics.csv with the header, parsable
+    rows in step order, no duplicate (step, split, metric), a last step equal
+    to the summary's (a completed run's at its budget), last values equal to
+    the summary's final and best, and both files matching the summary's
+    ``checksums`` where it has them.
     """
+    from bnstudy.archive import RunRecord, find_packed
+
     run_dir = Path(run_dir)
+    rec = RunRecord(run_dir.name, run_dir)
+    if not (run_dir / "summary.json").exists():
+        rec = find_packed(run_dir) or rec
     if s is None:
+        text = rec.file_text("summary.json")
+        if text is None:
+            return ["summary.json is missing or unreadable"]
+        if not text.strip():
+            return ["summary.json is empty"]
         try:
-            s = json.loads((run_dir / "summary.json").read_text())
-        except (OSError, ValueError) as e:
-            return [f"summary.json is unreadable ({e})"]
+            s = json.loads(text)
+        except ValueError as e:
+            return [f"summary.json is not JSON, cut short? ({e})"]
     problems = summary_problems(s)
     if problems or s.get("status") not in DONE:
         return problems
-    return metrics_problems(run_dir / "metrics.csv", s)
+    cfg_text, m_text = rec.file_text("config.yaml"), rec.file_text("metrics.csv")
+    problems = _config_problems(run_dir, cfg_text, s)
+    problems += ["metrics.csv is missing"] if m_text is None else metrics_text_problems(m_text, s)
+    sums = s.get("checksums")
+    if isinstance(sums, dict):
+        for name, text in (("metrics.csv", m_text), ("config.yaml", cfg_text)):
+            if name in sums and text is not None and checksum(text) != sums[name]:
+                problems.append(f"{name} does not match summary.json's checksum (edited after the run?)")
+    return problems
+
+
+def _config_problems(run_dir: Path, text: str | None, s: dict[str, Any]) -> list[str]:
+    """config.yaml must exist, parse, name this run's folder, and (completed) have been trained to its budget."""
+    import yaml
+
+    from bnstudy.config import ConfigError, run_name
+
+    if text is None:
+        # every run a sweep names has one; a run made elsewhere (a test's hand-made folder) is missing one only
+        # if its summary recorded one
+        recorded = isinstance(s.get("checksums"), dict) and "config.yaml" in s["checksums"]
+        return ["config.yaml is missing"] if recorded or not _named_differently(run_dir) else []
+    if not text.strip():
+        return ["config.yaml is empty"]
+    try:
+        cfg = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError as e:
+        return [f"config.yaml does not parse ({str(e).splitlines()[0]})"]
+    if not isinstance(cfg, dict):
+        return ["config.yaml is not a mapping"]
+    out = []
+    try:
+        name = run_name(cfg)
+    except (ConfigError, KeyError, TypeError) as e:
+        return [f"config.yaml does not name a run ({e})"]
+    if name != f"{run_dir.parent.name}/{run_dir.name}" and not _named_differently(run_dir):
+        out.append(f"config.yaml names {name}, not this folder (edited after the run?)")
+    steps = (cfg.get("train") or {}).get("steps") if isinstance(cfg.get("train"), dict) else None
+    if s.get("status") == "completed" and isinstance(steps, int) and isinstance(s.get("step"), int) and s["step"] < steps:
+        out.append(f"summary.json says completed at step {s['step']}, but train.steps is {steps}")
+    return out
+
+
+_NAMED = re.compile(r".+-[0-9a-f]{8}/seed\d+")
+
+
+def _named_differently(run_dir: Path) -> bool:
+    # a run trained by train_run() into a folder of the caller's choosing (tests, the benchmark) has no
+    # <name>-<hash>/seedN path to check against
+    return not _NAMED.fullmatch(f"{run_dir.parent.name}/{run_dir.name}")

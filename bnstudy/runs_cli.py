@@ -23,6 +23,8 @@ def runs(argv: list[str] | None = None) -> None:
     mode.add_argument("--check", action="store_true", help="check every run for damage (summary.json types; a finished run's metrics.csv against it); exit 1 if any is damaged")
     mode.add_argument("--stale", action="store_true", help="list the runs trained by training code that differs from this checkout's")
     mode.add_argument("--compare", metavar="REF", help="compare each finished run under REF (e.g. a committed study) with the run of the same name under DIR; exit 1 unless all reproduce")
+    mode.add_argument("--pack", action="store_true", help="pack DIR's finished run folders into DIR/runs.jsonl + DIR/metrics.parquet (merging with a pack there) and remove them")
+    mode.add_argument("--unpack", action="store_true", help="turn DIR's pack back into run folders and remove it")
     mode.add_argument("--reproduce", type=int, metavar="N", help="re-train a seeded random sample of N finished runs for their first --steps steps on the CPU and compare every logged value; exit 1 unless all reproduce")
     p.add_argument("--steps", type=int, help="with --reproduce: steps to re-train (default 300, at most each run's own)")
     p.add_argument("--seed", type=int, default=0, help="with --reproduce: seed of the sample (the same seed picks the same runs)")
@@ -31,6 +33,8 @@ def runs(argv: list[str] | None = None) -> None:
         if d is not None and not Path(d).is_dir():
             p.exit(2, f"error: {d} is not a folder; give the out_dir of a run or sweep\n")
     statuses = a.status.split(",") if a.status else None
+    if a.pack or a.unpack:
+        sys.exit(_pack(Path(a.dir), a.unpack))
     if a.check:
         sys.exit(_check_runs(Path(a.dir), statuses))
     if a.stale:
@@ -60,30 +64,66 @@ def runs(argv: list[str] | None = None) -> None:
 
 
 def _run_folders(root: Path, statuses: list[str] | None):
-    """(run folder relative to root, its summary or None when unreadable), filtered by status."""
-    from bnstudy.analysis.load import find_run_dirs
+    """(run folder, its path relative to root, its summary or None when unreadable), folders and packs alike, filtered by status."""
+    from bnstudy.archive import iter_runs
 
-    for d in find_run_dirs(root):
-        s = read_summary(d)
+    for rec in iter_runs(root):
+        s = rec.summary
         if statuses and (not isinstance(s, dict) or s.get("status") not in statuses):
             continue
-        yield d, (d.relative_to(root).as_posix() or "."), s
+        yield rec.dir, rec.rel, s
+
+
+def _pack(root: Path, unpack: bool) -> int:
+    """``bnstudy-runs DIR --pack`` / ``--unpack``: one line saying what was done; 2 when it cannot be."""
+    from bnstudy.archive import PackError
+    from bnstudy.archive_write import pack, unpack as unpack_
+
+    try:
+        if unpack:
+            n = unpack_(root)
+            print(f"unpacked {n} run(s) into folders under {root}")
+            return 0
+        n, left = pack(root)
+    except PackError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for line in left:
+        print(line, file=sys.stderr)
+    print(f"{root}: {n} run(s) in runs.jsonl + metrics.parquet" + (f"; {len(left)} folder(s) left as they were (above)" if left else ""))
+    return 0
 
 
 def _check_runs(root: Path, statuses: list[str] | None) -> int:
-    """``bnstudy-runs --check``: one line per damaged run; 1 if any is damaged."""
+    """``bnstudy-runs --check``: one line per damaged run or pack; 1 if any is damaged."""
+    from bnstudy.archive import PackError
+    from bnstudy.archive_write import find_packs, pack_problems
     from bnstudy.runs import check_run
 
     n = damaged = 0
+    for d in find_packs(root):
+        problems = pack_problems(d)
+        if problems:
+            damaged += 1
+            for line in problems:
+                print(f"damaged pack {d}: {line}")
+    try:
+        list(_run_folders(root, None))
+    except PackError as e:
+        print(f"damaged pack: {e}")
+        return 1
     for d, rel, s in _run_folders(root, statuses):
         n += 1
-        problems = check_run(d, s if isinstance(s, dict) else None)
+        try:
+            problems = check_run(d, s if isinstance(s, dict) else None)
+        except PackError as e:
+            problems = [str(e)]
         if problems:
             damaged += 1
             print(f"damaged {rel}: {'; '.join(problems)}")
     if n == 0:
         print(f"no runs under {root}" + (f" with status {','.join(statuses)}" if statuses else ""))
-        return 0
+        return 1 if damaged else 0
     print(f"{n} run(s) checked: {damaged} damaged" + (" (a sweep retrains a damaged run; `bnstudy-report` leaves it out)" if damaged else ", all intact"), file=sys.stderr)
     return 1 if damaged else 0
 

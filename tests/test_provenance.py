@@ -199,11 +199,21 @@ def test_check_finds_each_kind_of_damage(damage, trained, tmp_path):
 
 
 def test_every_committed_run_passes_the_check():
-    from bnstudy.runs_cli import runs
+    # every committed pack whole (schema, one line per run, each run's rows), and three runs of each checked
+    # in full (checksums, config name, metrics against the summary): `bnstudy-runs results --check` checks all
+    from bnstudy.archive import iter_runs
+    from bnstudy.archive_write import find_packs, pack_problems
 
-    code, out, err = call(runs, [str(ROOT / "results"), "--check"])
-    assert code == 0, out
-    assert int(re.search(r"(\d+) run\(s\) checked", err).group(1)) > 100
+    packs = find_packs(ROOT / "results")
+    assert len(packs) >= 15
+    n = 0
+    for root in packs:
+        assert pack_problems(root) == [], root
+        recs = list(iter_runs(root))
+        for rec in dict.fromkeys([recs[0], recs[len(recs) // 2], recs[-1]]):
+            assert check_run(rec.dir) == [], rec.dir
+            n += 1
+    assert n > 40
 
 
 def test_a_sweep_retrains_a_damaged_run_and_says_why(tmp_path, tmp_data):

@@ -52,7 +52,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_report_on_a_sweep(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "report"
-    main([str(sweep), "--out", str(out)])
+    main([str(sweep), "--out", str(out), "--svg"])
     assert capsys.readouterr().out.strip() == str(out / "report.md")
     text = (out / "report.md").read_text()
     assert "bnstudy-train -m norm=bn,affine,none seed=0,1 data=synthetic" in text
@@ -63,7 +63,7 @@ def test_report_on_a_sweep(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFi
         for ext in ("png", "svg"):
             assert (out / "figures" / f"{name}.{ext}").stat().st_size > 1000
     assert "sensitivity" not in text  # only the variant varies
-    main([str(sweep), "--out", str(out), "--no-svg"])  # PNG only: the SVGs and their links go
+    main([str(sweep), "--out", str(out)])  # PNG only, the default: the SVGs and their links go
     capsys.readouterr()
     assert not list((out / "figures").glob("*.svg")) and "(vector:" not in (out / "report.md").read_text()
     assert (out / "figures" / "test_acc_vs_step.png").stat().st_size > 1000

@@ -23,6 +23,7 @@ the first that holds:
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,11 +69,12 @@ def seed_interval(values: list[float], level: float = 0.95) -> tuple[float, floa
 
 def _logged(run_dir: str) -> dict[tuple[str, str, str], str] | None:
     """(step, split, metric) -> value text of a metrics.csv (wall-clock seconds left out); None if unreadable."""
-    try:
-        with open(Path(run_dir) / "metrics.csv", newline="") as f:
-            rows = list(csv.reader(f))[1:]
-    except OSError:
+    from bnstudy.archive import run_file_text
+
+    text = run_file_text(run_dir, "metrics.csv")  # a committed study may be packed
+    if text is None:
         return None
+    rows = list(csv.reader(io.StringIO(text, newline="")))[1:]
     return {(r[0], r[1], r[2]): r[3] for r in rows if len(r) == 5}
 
 

@@ -1,21 +1,26 @@
 """Read results folders into tidy tables: one row per run, and the long metrics log.
 
-A run folder is any folder holding ``summary.json``, at any depth under the
-root. Files that are missing, unreadable or cut short skip that run (or its
-metrics) with a warning; loading never crashes on a bad run.
+A run is a folder holding ``summary.json`` (or a ``metrics.csv`` without one:
+reported as unreadable), at any depth under the root, or a run of a packed
+study (:mod:`bnstudy.archive`): both read the same. Files that are missing,
+unreadable or cut short skip that run (or its metrics) with a warning;
+loading never crashes on a bad run.
+
+    load_metrics("results/depth")   # a whole study, one DataFrame: every logged row with its run's factors
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from bnstudy.archive import iter_runs
 from bnstudy.provenance import code_version, commit_label
+from bnstudy.runs import summary_damage
+from bnstudy.sweep_log import SWEEPS_LOG
 
 # The factors of summary.json, in the order tables show them.
 FACTORS = [
@@ -64,14 +69,8 @@ METRIC_COLUMNS = ["run", "step", "split", "metric", "value", "seconds"]
 
 
 def find_run_dirs(root: str | Path) -> list[Path]:
-    """Every folder under ``root`` (``root`` included) that holds a summary.json, sorted."""
-    root = Path(root)
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # skip .hydra/ and friends
-        if "summary.json" in filenames:
-            found.append(Path(dirpath))
-    return sorted(found)
+    """Every run under ``root`` as its folder path (a packed run's would-be folder), sorted."""
+    return [rec.dir for rec in iter_runs(root)]
 
 
 def _num(x: Any) -> float:
@@ -118,18 +117,17 @@ def _code(s: dict[str, Any]) -> str | None:
 
 
 def load_runs(root: str | Path) -> pd.DataFrame:
-    """One row per run folder under ``root``: run, run_dir, every factor, status and final numbers."""
+    """One row per run under ``root`` (folders and packs): run, run_dir, every factor, status and final numbers."""
     root = Path(root)
     rows = []
-    for run_dir in find_run_dirs(root):
-        path = run_dir / "summary.json"
+    for rec in iter_runs(root):
         try:
-            s = json.loads(path.read_text())
-            if not isinstance(s, dict):
-                raise ValueError("not a JSON object")
-            rows.append(_run_row(root, run_dir, s))
+            s = rec.summary
+            if s is None:
+                raise ValueError(summary_damage(rec.dir) or "summary.json is missing or not a JSON object")
+            rows.append(_run_row(root, rec.dir, s))
         except (OSError, ValueError, TypeError, AttributeError) as e:
-            warnings.warn(f"skipped {run_dir}: unreadable summary.json ({e})", stacklevel=2)
+            warnings.warn(f"skipped {rec.dir}: unreadable summary.json ({e})", stacklevel=2)
     columns = ["run", "run_dir", *FACTORS, *RESULT_COLUMNS]
     if not rows:
         return pd.DataFrame(columns=columns)
@@ -186,11 +184,24 @@ def _read_metrics(path: Path) -> pd.DataFrame:
 
 
 def load_metrics(root: str | Path, runs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Long table ``run, step, split, metric, value, seconds`` joined with each run's factors and status."""
+    """Long table ``run, step, split, metric, value, seconds`` joined with each run's factors and status.
+
+    ``load_metrics("results/depth")`` loads a whole study, packed or not, in one call.
+    """
     if runs is None:
         runs = load_runs(root)
     frames = []
+    packed = {}
+    for rec in iter_runs(root):
+        if rec.packed:
+            packed[str(rec.dir.resolve())] = rec
     for run, run_dir in zip(runs["run"], runs["run_dir"]):
+        rec = packed.get(run_dir)
+        if rec is not None:
+            df = rec.metrics()
+            if len(df):
+                frames.append(df.assign(run=run)[METRIC_COLUMNS])
+            continue
         path = Path(run_dir) / "metrics.csv"
         if not path.exists():
             continue  # a run that has not logged yet
@@ -209,21 +220,33 @@ def load_metrics(root: str | Path, runs: pd.DataFrame | None = None) -> pd.DataF
 
 
 def sweep_commands(root: str | Path) -> list[str]:
-    """``bnstudy-train -m ...`` commands rebuilt from the multirun.yaml files under ``root``."""
+    """``bnstudy-train -m ...`` commands of the sweeps under ``root``: every one in sweeps.log, then multirun.yaml's."""
+    cmds: list[str] = []
+    root = Path(root)
+    here = (root / "multirun.yaml").exists() or (root / SWEEPS_LOG).exists()
+    folders = [root] if here else sorted({p.parent for p in [*root.glob("*/multirun.yaml"), *root.glob(f"*/{SWEEPS_LOG}")]})
+    for folder in folders:
+        log = folder / SWEEPS_LOG
+        if log.exists():
+            cmds += [line for line in log.read_text().splitlines() if line.strip()]
+        if (folder / "multirun.yaml").exists():
+            cmd = multirun_command(folder / "multirun.yaml")
+            if cmd is not None:
+                cmds.append(cmd)
+    return list(dict.fromkeys(cmds))
+
+
+def multirun_command(path: Path) -> str | None:
+    """The ``bnstudy-train -m ...`` command rebuilt from one multirun.yaml; None (with a warning) when unreadable."""
     import yaml
 
-    cmds = []
-    root = Path(root)
-    paths = [root / "multirun.yaml"] if (root / "multirun.yaml").exists() else sorted(root.glob("*/multirun.yaml"))
-    for path in paths:
-        try:
-            cfg = yaml.safe_load(path.read_text()) or {}
-            task = cfg["hydra"]["overrides"]["task"]
-        except (OSError, KeyError, TypeError, yaml.YAMLError) as e:
-            warnings.warn(f"ignored {path}: {e}", stacklevel=2)
-            continue
-        cmds.append(" ".join(["bnstudy-train", "-m", *(_quote(t) for t in task)]))
-    return cmds
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+        task = cfg["hydra"]["overrides"]["task"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as e:
+        warnings.warn(f"ignored {path}: {e}", stacklevel=2)
+        return None
+    return " ".join(["bnstudy-train", "-m", *(_quote(t) for t in task)])
 
 
 def _quote(arg: str) -> str:

@@ -203,12 +203,13 @@ def figures(runs: pd.DataFrame, metrics: pd.DataFrame) -> dict[str, Figure]:
     return out
 
 
-PNG_DPI = 130
-PNG_MAX_PIXELS = 3e6  # many-panel figures get a lower dpi, so a committed report stays small
+PNG_DPI = 100  # screen size: every committed report's figures together stay a few MB
+PNG_MAX_PIXELS = 1.2e6  # many-panel figures get a lower dpi, so a committed report stays small
+PNG_COLOURS = 64  # line plots on white: anti-aliased edges need no more
 
 
 def png_dpi(fig: Figure) -> float:
-    """130 dpi, lowered for large canvases so the PNG has at most :data:`PNG_MAX_PIXELS` pixels."""
+    """100 dpi, lowered for large canvases so the PNG has at most :data:`PNG_MAX_PIXELS` pixels."""
     w, h = fig.get_size_inches()
     return min(PNG_DPI, (PNG_MAX_PIXELS / (w * h)) ** 0.5)
 
@@ -229,11 +230,11 @@ def save_figure(fig: Figure, out_dir: str | Path, name: str, formats: Sequence[s
 
 
 def write_png(fig: Figure, path: Path) -> None:
-    """The figure as a 256-colour PNG: a line plot loses nothing visible, and the file is 3-4 times smaller."""
+    """The figure as a 64-colour PNG: a line plot loses nothing visible, and the file is 3-4 times smaller."""
     from PIL import Image
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=png_dpi(fig))
     buf.seek(0)
     with Image.open(buf) as im:
-        im.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE).save(path, format="PNG", optimize=True)
+        im.convert("RGB").quantize(PNG_COLOURS, method=Image.Quantize.FASTOCTREE).save(path, format="PNG", optimize=True)

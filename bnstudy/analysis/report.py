@@ -24,6 +24,7 @@ from bnstudy.analysis.aggregate import (
 )
 from bnstudy.analysis.load import FACTORS, load_metrics, load_runs, sweep_commands
 from bnstudy.analysis.plots import figures, save_figure, variant_order
+from bnstudy.archive import run_file_text
 from bnstudy.analysis.probe_tables import probe_table
 from bnstudy.fmt import fmt
 from bnstudy.provenance import UNKNOWN
@@ -194,7 +195,7 @@ def _problem_runs(runs: pd.DataFrame, skipped: list[str], damaged: dict[str, str
     lines += ["| run | status | step | diverged at | detail |", "|---|---|---|---|---|"]
     for r in bad.itertuples(index=False):
         err = Path(r.run_dir) / "error.txt"
-        detail = f"`{err}`" if err.exists() else ""
+        detail = f"`{err}`" if err.exists() else ("error.txt kept in the pack (`bnstudy-runs --unpack`)" if run_file_text(err.parent, "error.txt") else "")
         lines.append(f"| {r.run} | {r.status} | {_fmt(r.step)} | {_fmt(r.diverged_at)} | {detail} |")
     lines += [f"| {s} | unreadable | – | – | skipped |" for s in skipped]
     lines += [f"| {run} | damaged | – | – | left out of every table and figure: {why} |" for run, why in (damaged or {}).items()]
@@ -226,10 +227,16 @@ def _without_damaged(runs: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
 
 def _code_lines(root: Path, runs: pd.DataFrame) -> list[str]:
     """The commits the runs came from, and a warning (also on stderr) when they come from different training code."""
-    counts = runs["commit"].fillna(UNKNOWN).value_counts()
+    commits = runs["commit"].fillna(UNKNOWN)
+    counts = commits.value_counts()
     shown = [f"{c} ({n} run{'s' if n > 1 else ''})" for c, n in counts.items() if c != UNKNOWN]
-    if UNKNOWN in counts:
-        shown.append(f"unknown ({counts[UNKNOWN]} run{'s' if counts[UNKNOWN] > 1 else ''}: trained before provenance was recorded)")
+    # no commit but a code fingerprint: provenance was recorded, the code just was not a git checkout
+    outside = int((commits.eq(UNKNOWN) & runs["code"].notna()).sum())
+    before = int(counts.get(UNKNOWN, 0)) - outside
+    if before:
+        shown.append(f"unknown ({before} run{'s' if before > 1 else ''}: trained before provenance was recorded)")
+    if outside:
+        shown.append(f"unknown ({outside} run{'s' if outside > 1 else ''}: trained outside a git checkout)")
     lines = ["- code: commit " + ", ".join(shown)]
     versions = runs["code"].dropna().nunique()
     if versions > 1:
@@ -247,14 +254,14 @@ def build_report(
     out: str | Path | None = None,
     target: float | None = None,
     reference: str | None = None,
-    vector: bool = True,
+    vector: bool = False,
 ) -> Path:
     """Write ``out/report.md``, ``summary.csv``, ``differences.csv``, ``tuned.csv`` and ``figures/`` for ``root``; return report.md.
 
     ``reference``: the variant the others are compared with (default ``bn``,
     skipped with a note when absent; an explicit one must have runs).
     ``vector``: also write each figure as SVG (large for figures of many runs;
-    off keeps a committed study small).
+    off, the default, keeps a committed study small).
     """
     root = Path(root)
     out = Path(out) if out is not None else root
@@ -489,14 +496,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", help="where report.md, summary.csv and figures/ go (default: DIR)")
     p.add_argument("--target", type=float, help="test accuracy for time-to-target (default: per dataset, e.g. mnist 0.97)")
     p.add_argument("--reference", help="variant the others are compared with in the differences tables (default: bn)")
-    p.add_argument("--no-svg", action="store_true", help="write figures as PNG only (SVGs of many-run figures are large)")
+    svg = p.add_mutually_exclusive_group()
+    svg.add_argument("--svg", action="store_true", help="also write each figure as SVG (large for many runs: not for committed studies)")
+    svg.add_argument("--no-svg", action="store_true", help="PNG figures only (the default; kept for older commands)")
     a = p.parse_args(argv)
     if not Path(a.dir).is_dir():
         p.exit(2, f"error: {a.dir} is not a folder; give the out_dir of a run or sweep\n")
     if a.target is not None and not 0 < a.target <= 1:
         p.exit(2, f"error: --target is a test accuracy in (0, 1], got {a.target}\n")
     try:
-        path = build_report(a.dir, a.out, a.target, a.reference, vector=not a.no_svg)
+        path = build_report(a.dir, a.out, a.target, a.reference, vector=a.svg)
     except (NoRuns, UnknownReference, MixedStudies) as e:
         p.exit(2, f"error: {e}\n")
     print(path)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bnstudy.config import RunConfig
-from bnstudy.runs import DONE, read_summary
+from bnstudy.runs import DONE, read_summary, summary_damage
 
 log = logging.getLogger("bnstudy")
 
@@ -84,6 +84,9 @@ def run_log_files() -> list[RunLogFile]:
 def skip(run_dir: Path, rcfg: RunConfig) -> str | None:
     """The status of a finished run this job skips, else None; a skipped run's folder is left exactly as it was."""
     prev = read_summary(run_dir)
+    if prev is None and (why := summary_damage(run_dir)) and (str(run_dir), why) not in _SAID_DAMAGED:
+        _SAID_DAMAGED.add((str(run_dir), why))  # the job checks again under the lock: one line is enough
+        log.warning("retraining %s: %s", run_dir, why)
     if not (prev and prev.get("status") in DONE and not rcfg.force):
         return None
     files = run_log_files()  # the skip line goes to the console only, never into the finished run's train.log

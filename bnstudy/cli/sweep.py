@@ -13,6 +13,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from bnstudy.runs import read_summary
+from bnstudy.sweep_log import keep_sweep_record, sweep_record_before
 
 SWEEP_ENV = "BNSTUDY_SWEEP_ID"
 
@@ -25,6 +26,7 @@ class SweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         os.environ[SWEEP_ENV] = uuid.uuid4().hex[:12]
+        self._record = sweep_record_before(Path(config.hydra.sweep.dir))  # before Hydra rewrites multirun.yaml
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_id = os.environ.get(SWEEP_ENV)
@@ -39,6 +41,7 @@ class SweepCallback(Callback):
             elif s.get("status") in ("interrupted", "running"):  # running: its job died without a word
                 interrupted.append(f"{path.parent}  (step {s.get('step')}: {s.get('reason', 'stopped')})")
         SweepCallback.failed, SweepCallback.interrupted = failed, interrupted
+        keep_sweep_record(root, getattr(self, "_record", None), sweep_id)  # a sweep that trained nothing changes nothing
         if failed:
             print(f"{len(failed)} run(s) failed (traceback in error.txt of each):", file=sys.stderr)
             for f in failed:

@@ -20,7 +20,7 @@ from bnstudy import threads
 from bnstudy.config import factors
 from bnstudy.errors import no_space
 from bnstudy.provenance import provenance
-from bnstudy.runs import MetricsLog, atomic_write_text, read_summary, write_json
+from bnstudy.runs import MetricsLog, atomic_write_text, checksums, read_summary, write_json
 from bnstudy.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from bnstudy.train.hooks import eval_hook
 from bnstudy.train.precise_bn import precise_bn_hook
@@ -127,6 +127,7 @@ class RunFolder:
             return False  # another BaseException (SystemExit): not ours to record
         state.log.close()
         self.result = self.summary("diverged" if more else "completed", **more)
+        self.result["checksums"] = checksums(run_dir)  # --check finds an edited metrics.csv or config.yaml
         write_json(run_dir / "summary.json", self.result)
         (run_dir / CHECKPOINT).unlink(missing_ok=True)  # finished runs keep results, not training state
         return True
