@@ -47,20 +47,6 @@ class Outcome:
 # ---------------------------------------------------------------- reading committed runs
 
 
-@dataclass
-class _FolderRun:
-    """One run folder (config.yaml, summary.json, metrics.csv), shaped like ``bnstudy.archive.RunRecord``."""
-
-    rel: str
-    dir: Path
-    config: dict[str, Any]
-    summary: dict[str, Any]
-
-    def metrics(self) -> pd.DataFrame:
-        """step, split, metric, value, seconds."""
-        return read_metrics(self.dir / "metrics.csv")
-
-
 def read_metrics(path: Path) -> pd.DataFrame:
     """A metrics.csv as a DataFrame; values parse back to the exact float64 that ``repr`` wrote."""
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -69,33 +55,10 @@ def read_metrics(path: Path) -> pd.DataFrame:
     return df
 
 
-def _folder_runs(root: Path) -> Iterator[_FolderRun]:
-    # Fallback until bnstudy.archive (which also reads packed studies) is on main; drop it then.
-    import json
-
-    import yaml
-
-    from bnstudy.analysis.load import find_run_dirs
-
-    for d in find_run_dirs(root):
-        try:
-            summary = json.loads((d / "summary.json").read_text())
-        except (OSError, ValueError):
-            summary = {}
-        try:
-            config = yaml.safe_load((d / "config.yaml").read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            config = {}
-        rel = d.relative_to(root).as_posix() or "."
-        yield _FolderRun(rel, d, config if isinstance(config, dict) else {}, summary if isinstance(summary, dict) else {})
-
-
 def committed_runs(root: Path) -> Iterator[Any]:
-    """Every run under ``root``, packed or in folders (``bnstudy.archive.iter_runs`` when it exists)."""
-    try:
-        from bnstudy.archive import iter_runs
-    except ImportError:
-        return _folder_runs(Path(root))
+    """Every run under ``root``, packed or in folders."""
+    from bnstudy.archive import iter_runs
+
     return iter_runs(Path(root))
 
 

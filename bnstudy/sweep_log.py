@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from bnstudy.runs import atomic_write_text, read_summary
@@ -24,7 +25,6 @@ def keep_sweep_record(sweep_dir: Path, before: bytes | None, sweep_id: str | Non
     (``git status`` stays clean), and a second sweep into the same out_dir
     adds its command instead of hiding the first one.
     """
-    from bnstudy.analysis.load import multirun_command
 
     sweep_dir = Path(sweep_dir)
     path = sweep_dir / "multirun.yaml"
@@ -53,3 +53,22 @@ def keep_sweep_record(sweep_dir: Path, before: bytes | None, sweep_id: str | Non
     new = [c for c in dict.fromkeys(commands) if c is not None and c not in logged]
     if new:
         atomic_write_text(log, "".join(line + "\n" for line in [*logged, *new]))
+
+
+def multirun_command(path: Path) -> str | None:
+    """The ``bnstudy-train -m ...`` command rebuilt from one multirun.yaml; None (with a warning) when unreadable."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+        task = cfg["hydra"]["overrides"]["task"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as e:
+        warnings.warn(f"ignored {path}: {e}", stacklevel=2)
+        return None
+    return " ".join(["bnstudy-train", "-m", *(_quote(t) for t in task)])
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(str(arg))

@@ -20,7 +20,7 @@ import pandas as pd
 from bnstudy.archive import iter_runs
 from bnstudy.provenance import code_version, commit_label
 from bnstudy.runs import summary_damage
-from bnstudy.sweep_log import SWEEPS_LOG
+from bnstudy.sweep_log import SWEEPS_LOG, multirun_command
 
 # The factors of summary.json, in the order tables show them.
 FACTORS = [
@@ -234,22 +234,3 @@ def sweep_commands(root: str | Path) -> list[str]:
             if cmd is not None:
                 cmds.append(cmd)
     return list(dict.fromkeys(cmds))
-
-
-def multirun_command(path: Path) -> str | None:
-    """The ``bnstudy-train -m ...`` command rebuilt from one multirun.yaml; None (with a warning) when unreadable."""
-    import yaml
-
-    try:
-        cfg = yaml.safe_load(path.read_text()) or {}
-        task = cfg["hydra"]["overrides"]["task"]
-    except (OSError, KeyError, TypeError, yaml.YAMLError) as e:
-        warnings.warn(f"ignored {path}: {e}", stacklevel=2)
-        return None
-    return " ".join(["bnstudy-train", "-m", *(_quote(t) for t in task)])
-
-
-def _quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(str(arg))
