@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from bnstudy.config import RunConfig
-from bnstudy.errors import ConfigError
+from bnstudy.errors import CheckpointError, ConfigError
 
 PROGRESS = ("auto", "on", "off")
 
@@ -68,3 +68,54 @@ def check_out_dir(out_dir: str) -> None:
         raise ConfigError(f"out_dir={out_dir}: {p} is a file, not a folder; pick another out_dir")
     if not os.access(p, os.W_OK | os.X_OK):
         raise ConfigError(f"out_dir={out_dir}: {p} is not writable; pick another out_dir")
+
+
+# ---------------------------------------------------------------- checkpoints belong to one run
+
+_FIX = "delete it (or run with force=true) to train this run from the start"
+
+
+def checkpoint_identity(cfg: RunConfig) -> dict[str, object]:
+    """What a checkpoint records of the run that wrote it: the hash of its config's identity and its seed."""
+    from bnstudy.config import config_hash
+
+    return {"config_hash": config_hash(cfg.to_dict()), "seed": cfg.seed}
+
+
+def check_checkpoint_identity(ckpt: dict, cfg: RunConfig, run_dir: Path, path: Path) -> None:
+    """Refuse a checkpoint written by another run (another config or seed), before anything is restored.
+
+    A checkpoint from before checkpoints recorded their run is accepted only where the
+    folder's own summary.json, written by the run that saved it, names this run's factors.
+    """
+    from bnstudy.config import factors
+    from bnstudy.runs import read_summary
+
+    want = checkpoint_identity(cfg)
+    got = ckpt.get("identity") if isinstance(ckpt, dict) else None
+    if got is None:
+        s = read_summary(run_dir)
+        recorded = s.get("factors") if isinstance(s, dict) else None
+        mine = factors(cfg)
+        if isinstance(recorded, dict) and "seed" in recorded and all(recorded[k] == v for k, v in mine.items() if k in recorded):
+            return
+        raise CheckpointError(
+            f"cannot resume from {path}: it was written before checkpoints recorded their run (config hash and seed), "
+            f"and no summary.json of this run vouches for it; {_FIX}"
+        )
+    if got != want:
+        raise CheckpointError(
+            f"cannot resume from {path}: it belongs to another run (config {got.get('config_hash')}, seed {got.get('seed')}; "
+            f"this run is config {want['config_hash']}, seed {want['seed']}); {_FIX}"
+        )
+
+
+def short_reason(e: BaseException, limit: int = 200) -> str:
+    """An exception's message as one line: its first sentence, or cut at a word (marked …) past ``limit``."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    end = text.find(". ")
+    if 0 < end < limit:
+        return text[: end + 1]
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " …"
