@@ -13,7 +13,7 @@ from bnstudy.errors import ConfigError
 from bnstudy.models import build_model
 from bnstudy.models.init import INITS, fans, weight_std
 from bnstudy.train import train_run
-from bnstudy.train.loop import recompute_running_stats, running_stat_layers
+from bnstudy.train.precise_bn import recompute_running_stats, running_stat_layers
 
 from .conftest import ROOT
 from .test_train import small

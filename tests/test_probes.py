@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from bnstudy import data as data_lib
-from bnstudy import probes
 from bnstudy.config import NormConfig, RunConfig
 from bnstudy.models import build_model
 from bnstudy.norm import NORMS, make_norm, needs_bias, norm_modules
 from bnstudy.runs import MetricsLog
-from bnstudy.train import extra_hooks, train_run
-from bnstudy.train.loop import OPTIMIZERS, Batches, Hook, State
+from bnstudy.train import extra_hooks, probes, train_run
+from bnstudy.train.build import OPTIMIZERS, Batches
+from bnstudy.train.state import Hook, State
 
 STATS = [f"{side}/{s}" for side in ("pre", "post") for s in probes.STAT_NAMES]
 LANDSCAPE = ["landscape/loss_range", "landscape/grad_change", "landscape/beta_smooth"]

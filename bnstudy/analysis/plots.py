@@ -1,7 +1,7 @@
 """Figures of a study: learning curves, sensitivity to each swept factor, activation percentiles, mechanisms.
 
 The mechanism figures (per-unit percentiles, loss landscape, weight norm and
-effective step) are drawn from the probe rows of :mod:`bnstudy.probes`
+effective step) are drawn from the probe rows of :mod:`bnstudy.train.probes`
 whenever a run logged them.
 
 Every function returns a :class:`matplotlib.figure.Figure` built without

@@ -1,0 +1,74 @@
+"""One training job of ``bnstudy-train``: skip it if finished, else lock the run folder and train (resuming)."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from bnstudy.cli.signals import CTRL_C, ctrl_c_stops, requeue, stop_on_job_signals
+from bnstudy.cli.skip import run_log_files, skip
+from bnstudy.cli.sweep import SWEEP_ENV, threads_for_launcher
+from bnstudy.config import RunConfig, run_name
+from bnstudy.runs import RunLock, atomic_write_text
+from bnstudy.train import Interrupted, StopRequest, extra_hooks, train_run, validate
+
+log = logging.getLogger("bnstudy")
+
+
+def _save_hydra_record(run_dir: Path, cfg: DictConfig) -> None:
+    """Hydra's record of the job (``.hydra/``), written only for a job that trains (hydra.output_subdir is null)."""
+    if not HydraConfig.initialized():
+        return  # run_job called without Hydra (tests, notebooks)
+    hc = HydraConfig.get()
+    out = run_dir / ".hydra"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg))
+    atomic_write_text(out / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hc})))
+    atomic_write_text(out / "overrides.yaml", OmegaConf.to_yaml(hc.overrides.task))
+
+
+def run_job(cfg: DictConfig) -> str:
+    """One training job: skip if done, else train (resuming if interrupted). Returns the final status."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    rcfg = RunConfig.from_dict(plain)  # type: ignore[arg-type]
+    run_dir = Path(rcfg.out_dir) / run_name(plain)  # type: ignore[arg-type]
+    done = skip(run_dir, rcfg)
+    if done:
+        return done
+    validate(rcfg)  # before the lock and any file of ours: bad input leaves nothing behind
+    if rcfg.train.threads == 0:
+        rcfg.train.threads = threads_for_launcher()
+    lock = RunLock(run_dir)
+    if not lock.acquire():
+        for h in run_log_files():  # the other process writes this train.log
+            h.close()
+        log.info("skipped %s: another process is training it", run_dir)
+        return "locked"
+    stop = StopRequest()
+    try:
+        with lock, stop_on_job_signals(stop) as previous, ctrl_c_stops(stop):
+            # another process may have finished the run between the check above and the lock
+            done = skip(run_dir, rcfg)
+            if done:
+                return done
+            _save_hydra_record(run_dir, cfg)
+            result = train_run(rcfg, run_dir, extra_hooks=extra_hooks(rcfg), sweep_id=os.environ.get(SWEEP_ENV), stop=stop)
+    except Interrupted as e:
+        if e.reason == CTRL_C:
+            raise  # the user stops the whole command: the app says where and how to go on
+        log.warning("interrupted %s at step %d (%s); checkpoint kept", run_dir, e.step, e.reason)
+        requeue(stop, previous)
+        return "interrupted"
+    final = result["final"]
+    log.info(
+        "%s %s: step %d, test acc %s, %.1f s",
+        result["status"],
+        run_dir,
+        result["step"],
+        "n/a" if final["test/acc"] is None else f"{final['test/acc']:.4f}",
+        result["seconds"],
+    )
+    return result["status"]

@@ -1,0 +1,32 @@
+"""What Hydra needs before it composes a config: bnstudy's resolvers and the typed schema."""
+from __future__ import annotations
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from bnstudy.config import RunConfig, run_name
+
+
+def _run_name_resolver(*, _root_: DictConfig) -> str:
+    # Hydra resolves hydra.run.dir / hydra.sweep.subdir with this, so its own
+    # outputs (.hydra/, the job log) land inside the run folder.
+    plain = {k: OmegaConf.to_container(_root_[k], resolve=True) if OmegaConf.is_config(_root_[k]) else _root_[k] for k in _root_ if k != "hydra"}
+    return run_name(plain)
+
+
+def signal_delay(timeout_min: int, wanted: int) -> int:
+    """Seconds before a SLURM time limit for the warning signal: ``wanted``, but the signal never comes
+    before half the limit has passed.
+
+    slurmctld checks time limits every 30 s and sends the signal up to 30 s before the delay
+    asks, so with ``timeout_min`` of 1 or 2 the default 120 s would stop every job as soon as
+    it starts (or before submitit catches signals at all, which kills it).
+    """
+    return max(1, min(int(wanted), int(timeout_min) * 60 // 2 - 30))
+
+
+OmegaConf.register_new_resolver("bnstudy_run", _run_name_resolver, replace=True)
+OmegaConf.register_new_resolver("bnstudy_signal_delay", signal_delay, replace=True)
+# RunConfig is the schema of conf/config.yaml (its first default): Hydra then rejects
+# unknown keys and values of the wrong type while composing, before any folder exists.
+ConfigStore.instance().store(name="bnstudy_schema", node=RunConfig)

@@ -1,0 +1,68 @@
+"""A multirun's bookkeeping: the callback that tags its jobs and reports their endings; threads per job."""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from bnstudy.runs import read_summary
+
+SWEEP_ENV = "BNSTUDY_SWEEP_ID"
+
+
+class SweepCallback(Callback):
+    """Tags the jobs of one multirun, and at its end reports the runs that failed or were interrupted."""
+
+    failed: list[str] = []
+    interrupted: list[str] = []
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        os.environ[SWEEP_ENV] = uuid.uuid4().hex[:12]
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_id = os.environ.get(SWEEP_ENV)
+        root = Path(config.hydra.sweep.dir)
+        failed, interrupted = [], []
+        for path in sorted(root.glob("**/summary.json")):
+            s = read_summary(path.parent)
+            if not s or s.get("sweep_id") != sweep_id:
+                continue
+            if s.get("status") == "failed":
+                failed.append(str(path.parent))
+            elif s.get("status") in ("interrupted", "running"):  # running: its job died without a word
+                interrupted.append(f"{path.parent}  (step {s.get('step')}: {s.get('reason', 'stopped')})")
+        SweepCallback.failed, SweepCallback.interrupted = failed, interrupted
+        if failed:
+            print(f"{len(failed)} run(s) failed (traceback in error.txt of each):", file=sys.stderr)
+            for f in failed:
+                print(f"  {f}", file=sys.stderr)
+        if interrupted:
+            print(f"{len(interrupted)} run(s) interrupted, checkpoint kept:", file=sys.stderr)
+            for f in interrupted:
+                print(f"  {f}", file=sys.stderr)
+            command = shlex.join(["bnstudy-train", *sys.argv[1:]])
+            print(f"resume them (finished runs are skipped) with the same command:\n  {command}", file=sys.stderr)
+
+
+def threads_for_launcher() -> int:
+    """Torch threads per job: the cores divided between the launcher's parallel jobs."""
+    try:
+        launcher = HydraConfig.get().launcher
+    except ValueError:
+        return 0
+    target = str(launcher.get("_target_", ""))
+    if "joblib" in target:
+        cores = os.cpu_count() or 1
+        n_jobs = int(launcher.get("n_jobs", 1) or 1)
+        n_jobs = cores if n_jobs < 0 else n_jobs  # joblib's -1: one job per core
+        return max(1, cores // n_jobs)
+    if "submitit" in target and launcher.get("cpus_per_task"):
+        return int(launcher.cpus_per_task)
+    return 0
