@@ -110,7 +110,7 @@ def check_checkpoint_identity(ckpt: dict, cfg: RunConfig, run_dir: Path, path: P
         )
 
 
-def short_reason(e: BaseException, limit: int = 200) -> str:
+def short_reason(e: BaseException | str, limit: int = 200) -> str:
     """An exception's message as one line: its first sentence, or cut at a word (marked …) past ``limit``."""
     text = " ".join(str(e).split()) or type(e).__name__
     end = text.find(". ")

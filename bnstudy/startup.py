@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 
-STARTUP_LINE = "interrupted before training began; nothing was written"
+STARTUP_LINE = "interrupted before training began; run the same command to start again"
 
 
 def main() -> None:

@@ -46,6 +46,11 @@ def tree(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def record(run: Path) -> dict[str, str]:
+    """A run folder's files but Hydra's record of the last command (.hydra/) and the lock file: what a refused resume must not change."""
+    return {k: v for k, v in tree(run).items() if not (k.startswith(".hydra/") or k == ".lock")}
+
+
 def summary(run: Path) -> dict:
     return json.loads((run / "summary.json").read_text())
 
@@ -228,12 +233,12 @@ def test_a_checkpoint_of_another_run_is_refused(case, source, target, tmp_path, 
     run = run_dir_of(args)
     run.mkdir(parents=True)
     shutil.copy(ckpt, run / "checkpoint.pt")
-    before = tree(run)
+    before = record(run)
     r = cli(args, cwd=tmp_path)
     line = first_line(r.stderr)
     assert r.returncode == 2 and line.startswith(f"error: cannot resume from {run / 'checkpoint.pt'}: it belongs to another run"), r.stderr
     assert line.endswith("; delete it (or run with force=true) to train this run from the start")
-    assert tree(run) == before, "the run folder changed"
+    assert record(run) == before, "the run folder changed"
 
 
 def test_a_truncated_checkpoint_is_one_whole_line(tmp_path, tmp_data):
@@ -242,12 +247,12 @@ def test_a_truncated_checkpoint_is_one_whole_line(tmp_path, tmp_data):
     run = run_dir_of(args)
     run.mkdir(parents=True)
     (run / "checkpoint.pt").write_bytes(ckpt.read_bytes()[:5000])
-    before = tree(run)
+    before = record(run)
     r = cli(args, cwd=tmp_path)
     line = first_line(r.stderr)
     assert r.returncode == 2 and line.startswith(f"error: cannot resume from {run / 'checkpoint.pt'}: "), r.stderr
     assert line.endswith("; delete it (or run with force=true) to train this run from the start") and len(line) < 400
-    assert tree(run) == before
+    assert record(run) == before
 
 
 def test_a_checkpoint_without_identity_resumes_only_where_its_own_summary_vouches(tmp_path, tmp_data):

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from bnstudy.cli.signals import CTRL_C, ctrl_c_stops, requeue, stop_on_job_signals
 from bnstudy.cli.skip import run_log_files, skip
 from bnstudy.cli.sweep import SWEEP_ENV, threads_for_launcher
+from bnstudy.checks import check_values
 from bnstudy.config import RunConfig, run_name
 from bnstudy.runs import RunLock, atomic_write_text
 from bnstudy.train import Interrupted, StopRequest, extra_hooks, train_run, validate
@@ -34,6 +35,7 @@ def run_job(cfg: DictConfig) -> str:
     """One training job: skip if done, else train (resuming if interrupted). Returns the final status."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     rcfg = RunConfig.from_dict(plain)  # type: ignore[arg-type]
+    check_values(rcfg)  # bad input is an error even where the run it names is finished and would be skipped
     run_dir = Path(rcfg.out_dir) / run_name(plain)  # type: ignore[arg-type]
     done = skip(run_dir, rcfg)
     if done:
