@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bnstudy.errors import ConfigError
+from bnstudy.fmt import fmt
 
 
 @dataclass
@@ -255,10 +256,6 @@ def config_hash(cfg: dict[str, Any]) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:8]
 
 
-def _fmt(x: Any) -> str:
-    return f"{x:g}" if isinstance(x, float) else str(x)
-
-
 def run_name(cfg: dict[str, Any]) -> str:
     """Deterministic run folder name, relative to out_dir: readable factors + hash, then the seed.
 
@@ -276,7 +273,7 @@ def run_name(cfg: dict[str, Any]) -> str:
     seed = _number("seed", g("seed"), (int,))
     if not 0 <= seed < 2**63:  # torch seeds its generators with a 64-bit integer
         raise ConfigError(f"seed must be an integer from 0 to 2**63-1 (got {seed})")
-    readable = "-".join([*names, "lr" + _fmt(lr), "bs" + _fmt(bs)])
+    readable = "-".join([*names, "lr" + fmt(lr), "bs" + fmt(bs)])
     return f"{readable}-{config_hash(cfg)}/seed{seed}"
 
 

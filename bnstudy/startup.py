@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 
-STARTUP_LINE = "interrupted before training began; run the same command to start again"
+from bnstudy.errors import INTERRUPTED_AT_START
 
 
 def main() -> None:
@@ -25,6 +25,6 @@ def main() -> None:
         if hold:
             signal.signal(signal.SIGINT, signal.default_int_handler)
     if pressed:
-        print(STARTUP_LINE, file=sys.stderr)
+        print(INTERRUPTED_AT_START, file=sys.stderr)
         sys.exit(130)
     train()

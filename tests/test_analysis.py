@@ -259,8 +259,13 @@ def test_every_figure_function_writes_a_nonempty_image(loaded, tmp_path: Path) -
 
 
 def test_palette_is_fixed_and_has_a_fallback() -> None:
-    assert A.color("bn") == A.PALETTE["bn"] and A.color("affine") != A.color("bn")
-    assert len({A.PALETTE[k] for k in A.PALETTE}) == len(A.PALETTE)
+    # the colours figures have always used, now declared by each variant's registry entry
+    assert A.palette() == {
+        "bn": "#1f77b4", "affine": "#d62728", "none": "#555555", "bn_noaffine": "#17becf", "affine_ddi": "#ff7f0e",
+        "bn_nograd": "#9467bd", "bn_frozen": "#8c564b", "noisy_bn": "#2ca02c", "layernorm": "#e377c2", "groupnorm": "#bcbd22",
+    }  # fmt: skip
+    assert A.color("bn") == A.palette()["bn"] and A.color("affine") != A.color("bn")
+    assert len(set(A.palette().values())) == len(A.palette())
     assert A.color("my_new_norm") == A.color("my_new_norm")  # stable across calls
     assert plots.variant_order(["zz", "none", "bn"]) == ["bn", "none", "zz"]
 
@@ -273,7 +278,7 @@ def test_figures_skip_failed_runs_and_handle_nothing(tmp_path: Path) -> None:
 
 
 def test_probe_table_first_and_last_step_mean_over_seeds():
-    from bnstudy.analysis import aggregate
+    from bnstudy.analysis import probe_tables
 
     rows = []
     for run, seed, scale in (("a/seed0", 0, 1.0), ("a/seed1", 1, 3.0)):
@@ -283,13 +288,13 @@ def test_probe_table_first_and_last_step_mean_over_seeds():
                 rows.append({"run": run, "seed": seed, "norm": "bn", "split": "probe", "step": step,
                              "metric": f"{site}/{stat}", "value": scale * step})
     rows.append({"run": "a/seed0", "seed": 0, "norm": "bn", "split": "test", "step": 30, "metric": "acc", "value": 0.5})
-    t = aggregate.probe_table(pd.DataFrame(rows), ["norm"])
+    t = probe_tables.probe_table(pd.DataFrame(rows), ["norm"])
     assert sorted(t["site"].unique()) == ["layer1", "layer3", "pool1"]  # first and last norm layer, every pool
     assert sorted(t["step"].unique()) == [10, 30]
     row = t[(t.site == "layer3") & (t.step == 30)].iloc[0]
     assert row["sat_frac"] == pytest.approx(2.0 * 30)  # mean of 1x and 3x
     assert t[(t.site == "pool1") & (t.step == 10)].iloc[0]["pool/mean"] == pytest.approx(20.0)
-    assert aggregate.probe_table(pd.DataFrame(rows[-1:]), ["norm"]).empty
+    assert probe_tables.probe_table(pd.DataFrame(rows[-1:]), ["norm"]).empty
 
 
 def test_t_quantile_matches_the_closed_form_it_replaced() -> None:

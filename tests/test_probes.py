@@ -15,7 +15,7 @@ from bnstudy.config import NormConfig, RunConfig
 from bnstudy.models import build_model
 from bnstudy.norm import NORMS, make_norm, needs_bias, norm_modules
 from bnstudy.runs import MetricsLog
-from bnstudy.train import extra_hooks, probes, train_run
+from bnstudy.train import config_hooks, probes, train_run
 from bnstudy.train.build import OPTIMIZERS, Batches
 from bnstudy.train.state import Hook, State
 
@@ -60,14 +60,14 @@ def small_cfg(
 
 
 def run(cfg: RunConfig, run_dir: Path) -> pd.DataFrame:
-    """Train ``cfg`` with the hooks it selects; return its metrics.csv."""
-    train_run(cfg, run_dir, extra_hooks=extra_hooks(cfg))
+    """Train ``cfg`` as a notebook would (the config alone switches the probes on); return its metrics.csv."""
+    train_run(cfg, run_dir)
     return pd.read_csv(run_dir / "metrics.csv")
 
 
 def test_no_hook_when_off():
-    assert extra_hooks(small_cfg(probe_every=0)) == []
-    assert [h.name for h in extra_hooks(small_cfg(probe_every=20))] == ["probe"]
+    assert "probe" not in [h.name for h in config_hooks(small_cfg(probe_every=0))]
+    assert [h.name for h in config_hooks(small_cfg(probe_every=20))].count("probe") == 1
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
@@ -261,8 +261,9 @@ def test_scale_invariant_matches_the_norm(norm, bias):
         invariant = torch.allclose(output(1.0, copy.deepcopy(layer)), output(3.0, copy.deepcopy(layer)), atol=1e-4)
         assert probes.scale_invariant(layer, linear) == invariant
         output(1.0, layer)  # a training forward: counters, running statistics, affine_ddi's first-batch init
-    per_example_with_bias = norm in probes.EXAMPLE_STANDARDIZING and linear.bias is not None
-    expected = norm in probes.BATCH_STANDARDIZING | probes.EXAMPLE_STANDARDIZING and norm != "bn_frozen"
+    over = NORMS[norm].standardizes  # what the variant declares it is
+    per_example_with_bias = over == "example" and linear.bias is not None
+    expected = over is not None and norm != "bn_frozen"
     assert probes.scale_invariant(layer, linear) == (expected and not per_example_with_bias)
 
 
@@ -278,7 +279,7 @@ def test_resumed_run_logs_the_same_weight_probe(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(BaseException):  # a Ctrl-C, however the loop reports it; the last checkpoint stays
-        train_run(cfg, tmp_path / "cut", extra_hooks=[*extra_hooks(cfg), Hook("stop", 25, stop)])
+        train_run(cfg, tmp_path / "cut", extra_hooks=[Hook("stop", 25, stop)])
     assert stopped == [25] and (tmp_path / "cut" / "checkpoint.pt").exists()
     again = run(cfg, tmp_path / "cut")  # resumes from step 20, whose checkpoint holds W_15
     assert set(again.step[again.metric == "layer1/eff_step"]) == {30, 40}

@@ -194,8 +194,6 @@ MECHANISM_FIGURES = ("unit_percentiles_bn", "unit_percentiles_affine", "landscap
 @pytest.fixture(scope="module")
 def probed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """bn and affine at two rates, two seeds, trained here with every probe on (landscape included)."""
-    from bnstudy.train import extra_hooks
-
     root = tmp_path_factory.mktemp("probed")
     mp = pytest.MonkeyPatch()
     mp.setenv("BNSTUDY_DATA_DIR", str(tmp_path_factory.mktemp("data")))
@@ -205,7 +203,7 @@ def probed(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 for seed in (0, 1):
                     cfg = tiny(norm, seed)
                     cfg.optim.lr, cfg.probe.every, cfg.probe.batch_size, cfg.probe.landscape = lr, 10, 64, True
-                    train_run(cfg, root / f"synthetic-mlp-{norm}-lr{lr}" / f"seed{seed}", extra_hooks=extra_hooks(cfg))
+                    train_run(cfg, root / f"synthetic-mlp-{norm}-lr{lr}" / f"seed{seed}")
     finally:
         mp.undo()
     return root
@@ -293,7 +291,7 @@ def test_freeze_after_splits_only_bn_frozen(tmp_path: Path) -> None:
 
 def test_late_probe_table_averages_the_second_half(probed: Path, tmp_path: Path) -> None:
     from bnstudy.analysis import load_metrics, load_runs
-    from bnstudy.analysis.aggregate import late_probe_table, late_probes
+    from bnstudy.analysis.probe_tables import late_probe_table, late_probes
 
     runs = load_runs(probed)
     metrics = load_metrics(probed, runs)

@@ -20,7 +20,6 @@ from bnstudy.analysis.aggregate import (
     group_columns,
     holm,
     mean_ci,
-    probe_table,
     summary_table,
     t_quantile,
     time_to_target,
@@ -29,15 +28,16 @@ from bnstudy.analysis.aggregate import (
     welch,
 )
 from bnstudy.analysis.load import FACTORS, find_run_dirs, load_metrics, load_runs, sweep_commands
+from bnstudy.analysis.probe_tables import probe_table
 
 _PLOTS = {
-    "PALETTE",
     "accuracy_figure",
     "color",
     "curves_figure",
     "figures",
     "landscape_figure",
     "loss_figure",
+    "palette",
     "probe_figure",
     "save_figure",
     "sensitivity_figure",
@@ -57,7 +57,6 @@ def __getattr__(name: str):
 __all__ = [
     "DEFAULT_TARGETS",
     "FACTORS",
-    "PALETTE",
     "Untunable",
     "accuracy_figure",
     "choose_rates",
@@ -75,6 +74,7 @@ __all__ = [
     "load_runs",
     "loss_figure",
     "mean_ci",
+    "palette",
     "probe_figure",
     "save_figure",
     "sensitivity_figure",

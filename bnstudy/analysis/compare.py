@@ -29,9 +29,9 @@ from pathlib import Path
 
 from bnstudy.analysis.aggregate import t_quantile, varying_factors
 from bnstudy.analysis.load import load_runs
+from bnstudy.runs import DONE
 
 TOLERANCE = 0.005  # final test accuracy, absolute
-DONE = ("completed", "diverged")
 
 
 @dataclass

@@ -18,13 +18,14 @@ from bnstudy.analysis.aggregate import (
     Untunable,
     differences,
     group_columns,
-    probe_table,
     summary_table,
     tuned_summary,
     varying_factors,
 )
 from bnstudy.analysis.load import FACTORS, load_metrics, load_runs, sweep_commands
 from bnstudy.analysis.plots import figures, save_figure, variant_order
+from bnstudy.analysis.probe_tables import probe_table
+from bnstudy.fmt import fmt
 from bnstudy.provenance import UNKNOWN
 from bnstudy.runs import check_run
 
@@ -67,11 +68,8 @@ DIFF_LABELS = {"final_test_acc": "final test acc", "best_test_acc": "best test a
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:.0f}"
-    return str(v)
+    # a table cell: a dash for no value, large numbers whole
+    return fmt(v, digits, missing="–", whole_above=1e4)
 
 
 def _values(s: pd.Series) -> str:
@@ -412,7 +410,7 @@ def _comparison_sections(
 
 def _late_probe_section(runs: pd.DataFrame, metrics: pd.DataFrame, by: list[str], out: Path, reference: str) -> list[str]:
     """Landscape and weight probes over the second half of training, per group and vs the reference (late_probes.csv)."""
-    from bnstudy.analysis.aggregate import LATE_PROBES, late_probe_table, late_probes
+    from bnstudy.analysis.probe_tables import LATE_PROBES, late_probe_table, late_probes
 
     table = late_probe_table(runs, metrics, by)
     if table.empty:

@@ -12,12 +12,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from bnstudy.cli import resolvers  # noqa: F401  (the resolvers and the schema the config needs)
-from bnstudy.cli.hydra_errors import FULL_ERROR_ENV, _chain, command_line_error, full_error, no_space
+from bnstudy.cli.hydra_errors import FULL_ERROR_ENV, command_line_error, full_error
 from bnstudy.cli.job import run_job
 from bnstudy.cli.skip import remove_if_empty
 from bnstudy.cli.sweep import SweepCallback
-from bnstudy.errors import BnstudyError
-from bnstudy.startup import STARTUP_LINE
+from bnstudy.errors import INTERRUPTED_AT_START, BnstudyError, causes, no_space
 from bnstudy.train import Interrupted
 
 log = logging.getLogger("bnstudy")
@@ -41,7 +40,7 @@ def _hydra_main(cfg: DictConfig) -> str:
         sys.exit(130)
     except KeyboardInterrupt:
         remove_if_empty(out)
-        print(STARTUP_LINE, file=sys.stderr)
+        print(INTERRUPTED_AT_START, file=sys.stderr)
         sys.exit(130)
     except BnstudyError as e:
         remove_if_empty(out)
@@ -78,7 +77,7 @@ def train() -> None:
     try:
         _hydra_main()
     except KeyboardInterrupt:  # while Hydra composes the config, before any job
-        print(STARTUP_LINE, file=sys.stderr)
+        print(INTERRUPTED_AT_START, file=sys.stderr)
         sys.exit(130)
     except Exception as e:
         if user_full:
@@ -87,7 +86,7 @@ def train() -> None:
         if line is not None:
             print(f"error: {line}", file=sys.stderr)
             sys.exit(2)
-        bad_path = next((x for x in _chain(e) if isinstance(x, OSError) and x.filename and not no_space(x)), None)
+        bad_path = next((x for x in causes(e) if isinstance(x, OSError) and x.filename and not no_space(x)), None)
         if bad_path is not None:  # Hydra creating the run folder: out_dir is where it cannot
             print(f"error: cannot create {bad_path.filename}: {bad_path.strerror}; pick another out_dir", file=sys.stderr)
             sys.exit(2)

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import errno
 import os
 import re
 import typing
-from typing import Any, Iterator
+from typing import Any
 
 from bnstudy.config import RunConfig
-from bnstudy.errors import BnstudyError
+from bnstudy.errors import BnstudyError, causes
 
 FULL_ERROR_ENV = "BNSTUDY_FULL_ERROR"  # the user's HYDRA_FULL_ERROR, for jobs (train() sets Hydra's to 1)
 
@@ -18,19 +17,6 @@ FULL_ERROR_ENV = "BNSTUDY_FULL_ERROR"  # the user's HYDRA_FULL_ERROR, for jobs (
 def full_error() -> bool:
     """Whether the user asked for tracebacks (HYDRA_FULL_ERROR=1); train() keeps the answer in FULL_ERROR_ENV."""
     return os.environ.get(FULL_ERROR_ENV, os.environ.get("HYDRA_FULL_ERROR", "")) == "1"
-
-
-def no_space(e: BaseException) -> bool:
-    """Whether a full disk (ENOSPC) is somewhere in ``e``'s chain of causes."""
-    return any(isinstance(x, OSError) and x.errno == errno.ENOSPC for x in _chain(e))
-
-
-def _chain(e: BaseException | None) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        yield e
-        e = e.__cause__ or e.__context__
 
 
 def _field_type(key: str) -> Any:
@@ -82,7 +68,7 @@ def command_line_error(e: BaseException) -> str | None:
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-    for x in _chain(e):
+    for x in causes(e):
         if isinstance(x, BnstudyError):
             return str(x)
         if isinstance(x, ConfigCompositionException) and _composition_error(str(x)):

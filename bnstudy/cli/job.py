@@ -14,7 +14,7 @@ from bnstudy.cli.sweep import SWEEP_ENV, threads_for_launcher
 from bnstudy.checks import check_values
 from bnstudy.config import RunConfig, run_name
 from bnstudy.runs import RunLock, atomic_write_text
-from bnstudy.train import Interrupted, StopRequest, extra_hooks, train_run, validate
+from bnstudy.train import Interrupted, StopRequest, train_run, validate
 
 log = logging.getLogger("bnstudy")
 
@@ -57,7 +57,7 @@ def run_job(cfg: DictConfig) -> str:
             if done:
                 return done
             _save_hydra_record(run_dir, cfg)
-            result = train_run(rcfg, run_dir, extra_hooks=extra_hooks(rcfg), sweep_id=os.environ.get(SWEEP_ENV), stop=stop)
+            result = train_run(rcfg, run_dir, sweep_id=os.environ.get(SWEEP_ENV), stop=stop)
     except Interrupted as e:
         if e.reason == CTRL_C:
             raise  # the user stops the whole command: the app says where and how to go on

@@ -2,51 +2,27 @@
 
 Every architecture asks :func:`make_norm` for its norm layers; none constructs
 ``nn.BatchNorm*`` itself. A variant is one class (or builder) registered under
-its short config name, plus ``conf/norm/<name>.yaml``.
+its short config name with what it is (:mod:`bnstudy.norm.registry`), plus
+``conf/norm/<name>.yaml``. ``bn``, ``affine`` and ``none`` live in
+:mod:`bnstudy.norm.basic`, the others in :mod:`bnstudy.norm.variants`.
 
 Every module the factory returns carries ``norm_kind`` (the variant name), so
-probes and tests find norm sites without ``isinstance`` checks on torch classes.
+probes and tests find norm sites, and what each one is, without ``isinstance``
+checks on torch classes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING
 
-import torch
 from torch import nn
 
-from bnstudy.config import NormConfig
-from bnstudy.errors import ConfigError
+from bnstudy.norm import basic, variants  # noqa: F401  (register the variants, in the order figures list them)
+from bnstudy.norm.registry import NORMS, Variant, register, variant
 
+if TYPE_CHECKING:
+    from bnstudy.config import NormConfig
 
-@dataclass(frozen=True)
-class Variant:
-    """A registered normalization variant."""
-
-    build: Callable[[int, int, NormConfig], nn.Module]  # (num_features, dim, cfg) -> module
-    shift: bool  # the layer adds its own learnable shift, so the layer before it needs no bias
-    running_stats: bool = False  # evaluates with running statistics (what train.precise_bn recomputes)
-
-
-NORMS: dict[str, Variant] = {}
-
-
-def register(name: str, shift: bool, running_stats: bool = False) -> Callable:
-    """Class/function decorator adding a variant to the registry under ``name``."""
-
-    def deco(builder):
-        NORMS[name] = Variant(builder, shift, running_stats)
-        return builder
-
-    return deco
-
-
-def variant(name: str) -> Variant:
-    """Look up a variant; unknown names are a one-line error listing the valid ones."""
-    try:
-        return NORMS[name]
-    except KeyError:
-        raise ConfigError(f"unknown norm '{name}'; choose one of: {', '.join(sorted(NORMS))}") from None
+__all__ = ["NORMS", "Variant", "kind", "make_norm", "needs_bias", "norm_modules", "register", "variant"]
 
 
 def make_norm(cfg: NormConfig, num_features: int, dim: int) -> nn.Module:
@@ -68,42 +44,6 @@ def norm_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if hasattr(m, "norm_kind")]
 
 
-def _shape(num_features: int, dim: int) -> tuple[int, ...]:
-    # parameters broadcast over the batch (and spatial) axes: (1, F) or (1, C, 1, 1)
-    return (1, num_features) if dim == 1 else (1, num_features, 1, 1)
-
-
-@register("bn", shift=True, running_stats=True)
-def batchnorm(num_features: int, dim: int, cfg: NormConfig) -> nn.Module:
-    """BatchNorm: y = γ (x − μ_B) / sqrt(σ_B² + ε) + β.
-
-    Batch statistics μ_B, σ_B² per feature/channel in training, running
-    estimates in evaluation; learnable γ (init 1) and β (init 0). torch's own
-    BatchNorm1d/2d.
-    """
-    cls = nn.BatchNorm1d if dim == 1 else nn.BatchNorm2d
-    return cls(num_features, eps=cfg.eps, momentum=cfg.momentum)
-
-
-@register("affine", shift=True)
-class Affine(nn.Module):
-    """Affine only: y = γ x + β, per feature/channel; γ = 1, β = 0 at init; no statistics, no buffers."""
-
-    def __init__(self, num_features: int, dim: int, cfg: NormConfig | None = None):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(_shape(num_features, dim)))
-        self.bias = nn.Parameter(torch.zeros(_shape(num_features, dim)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.bias, self.weight, x)
-
-
-@register("none", shift=False)
-class NoNorm(nn.Identity):
-    """No normalization: y = x. The layer before it keeps its bias."""
-
-    def __init__(self, num_features: int, dim: int, cfg: NormConfig | None = None):
-        super().__init__()
-
-
-from bnstudy.norm import variants as _variants  # noqa: E402,F401  (registers the science variants)
+def kind(module: nn.Module) -> Variant:
+    """The registry entry of a norm site built by :func:`make_norm`."""
+    return variant(module.norm_kind)

@@ -16,12 +16,17 @@ state_dict reads the same as ``bn``'s.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnstudy.config import NormConfig
-from bnstudy.norm import _shape, register
+from bnstudy.norm.basic import param_shape
+from bnstudy.norm.registry import register
+
+if TYPE_CHECKING:
+    from bnstudy.config import NormConfig
 
 
 def _reduce_dims(dim: int) -> tuple[int, ...]:
@@ -57,7 +62,7 @@ class _RunningStats(nn.Module):
         return f"{self.weight.numel()}, eps={self.eps}, momentum={self.momentum}"
 
 
-@register("bn_noaffine", shift=False, running_stats=True)
+@register("bn_noaffine", shift=False, running_stats=True, standardizes="batch", color="#17becf")
 def batchnorm_noaffine(num_features: int, dim: int, cfg: NormConfig) -> nn.Module:
     """Standardization only: y = (x − μ_B) / sqrt(σ_B² + ε); no γ, β.
 
@@ -68,7 +73,7 @@ def batchnorm_noaffine(num_features: int, dim: int, cfg: NormConfig) -> nn.Modul
     return cls(num_features, eps=cfg.eps, momentum=cfg.momentum, affine=False)
 
 
-@register("affine_ddi", shift=True)
+@register("affine_ddi", shift=True, color="#ff7f0e")
 class AffineDDI(nn.Module):
     """Affine with data-dependent init: y = γ x + β, with γ = 1/σ₀, β = −μ₀/σ₀ set at the first training forward.
 
@@ -83,8 +88,8 @@ class AffineDDI(nn.Module):
         super().__init__()
         self.dim = dim
         self.eps = cfg.eps
-        self.weight = nn.Parameter(torch.ones(_shape(num_features, dim)))  # γ, (1, C) or (1, C, 1, 1)
-        self.bias = nn.Parameter(torch.zeros(_shape(num_features, dim)))  # β
+        self.weight = nn.Parameter(torch.ones(param_shape(num_features, dim)))  # γ, (1, C) or (1, C, 1, 1)
+        self.bias = nn.Parameter(torch.zeros(param_shape(num_features, dim)))  # β
         self.register_buffer("initialized", torch.tensor(False))
 
     @torch.no_grad()
@@ -102,7 +107,7 @@ class AffineDDI(nn.Module):
         return torch.addcmul(self.bias, self.weight, x)
 
 
-@register("bn_nograd", shift=True, running_stats=True)
+@register("bn_nograd", shift=True, running_stats=True, standardizes="batch", color="#9467bd")
 class BatchNormNoGrad(_RunningStats):
     """BN with statistics held constant in backprop: y = γ (x − sg[μ_B]) / sqrt(sg[σ_B²] + ε) + β.
 
@@ -129,7 +134,7 @@ class BatchNormNoGrad(_RunningStats):
         return torch.addcmul(_per_channel(self.bias, x), _per_channel(self.weight, x), x_hat)
 
 
-@register("bn_frozen", shift=True, running_stats=True)
+@register("bn_frozen", shift=True, running_stats=True, standardizes="batch", color="#8c564b")
 class BatchNormFrozen(_RunningStats):
     """BN whose statistics freeze: y = γ (x − μ_B) / sqrt(σ_B² + ε) + β for the first ``freeze_after`` training forwards, then y = γ (x − μ_run) / sqrt(σ²_run + ε) + β.
 
@@ -159,7 +164,7 @@ class BatchNormFrozen(_RunningStats):
         return super().extra_repr() + f", freeze_after={self.freeze_after}"
 
 
-@register("noisy_bn", shift=True, running_stats=True)
+@register("noisy_bn", shift=True, running_stats=True, standardizes="batch", color="#2ca02c")
 class NoisyBatchNorm(_RunningStats):
     """BN plus random per-channel scale and shift in training: y = s_c · (γ x̂ + β) + m_c.
 
@@ -197,7 +202,7 @@ class NoisyBatchNorm(_RunningStats):
         return super().extra_repr() + f", noise_mean_max={self.noise_mean_max}, noise_std_max={self.noise_std_max}"
 
 
-@register("layernorm", shift=True)
+@register("layernorm", shift=True, standardizes="example", color="#e377c2")
 def layernorm(num_features: int, dim: int, cfg: NormConfig) -> nn.Module:
     """LayerNorm: y = γ_c (x − μ_n) / sqrt(σ_n² + ε) + β_c.
 
@@ -208,7 +213,7 @@ def layernorm(num_features: int, dim: int, cfg: NormConfig) -> nn.Module:
     return nn.GroupNorm(1, num_features, eps=cfg.eps)
 
 
-@register("groupnorm", shift=True)
+@register("groupnorm", shift=True, standardizes="example", color="#bcbd22")
 def groupnorm(num_features: int, dim: int, cfg: NormConfig) -> nn.Module:
     """GroupNorm: y = γ_c (x − μ_{n,g}) / sqrt(σ_{n,g}² + ε) + β_c.
 

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import math
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bnstudy.config import factors
+from bnstudy.errors import no_space
 from bnstudy.provenance import provenance
 from bnstudy.runs import MetricsLog, atomic_write_text, read_summary, write_json
 from bnstudy.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
@@ -143,11 +143,8 @@ def eval_hook_safe(state: State) -> None:
 
 def failure_reason(e: BaseException, run_dir: Path) -> str:
     """One line on why a run failed, for its summary."""
-    x: BaseException | None = e
-    while x is not None:  # torch's writer wraps a full disk in a RuntimeError
-        if isinstance(x, OSError) and x.errno == errno.ENOSPC:
-            return f"no space left on the device holding {run_dir}"
-        x = x.__cause__ or x.__context__
+    if no_space(e):
+        return f"no space left on the device holding {run_dir}"
     return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}".rstrip(": ")
 
 

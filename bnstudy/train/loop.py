@@ -25,6 +25,7 @@ from bnstudy.train.build import build, validate
 from bnstudy.train.hooks import check_divergence, checkpoint_hook, eval_hook, log_hook, progress_bar, progress_line
 from bnstudy.train.lifecycle import RunFolder
 from bnstudy.train.precise_bn import precise_bn_hook
+from bnstudy.train.probes import probe_hook
 from bnstudy.train.state import Hook, Interrupted, State, StopRequest
 
 log = logging.getLogger("bnstudy")
@@ -39,8 +40,9 @@ def train_run(
 ) -> dict[str, Any]:
     """Train ``cfg`` in ``run_dir`` (resuming from its checkpoint if one exists); return the summary.
 
-    Raises on bad input before anything is written; any later exception leaves
-    ``status: failed`` with the traceback in ``error.txt``.
+    The config switches its hooks on (:func:`config_hooks`: evaluation, precise BN,
+    probes); ``extra_hooks`` run after those. Raises on bad input before anything is
+    written; any later exception leaves ``status: failed`` with the traceback in ``error.txt``.
     """
     validate(cfg)
     b = build(cfg)
@@ -50,16 +52,18 @@ def train_run(
             t0 = time.perf_counter()
             state.model = torch.compile(state.model)
             state.extra["compile_seconds"] = time.perf_counter() - t0
-        _loop(state, hooks(cfg, extra_hooks), stop)
+        _loop(state, config_hooks(cfg, extra_hooks), stop)
     return run.result
 
 
-def hooks(cfg: RunConfig, extra: list[Hook] | None = None) -> list[Hook]:
-    """The hooks a config switches on, in the order they run at a step (every=0: off)."""
+def config_hooks(cfg: RunConfig, extra: list[Hook] | None = None) -> list[Hook]:
+    """The hooks ``cfg`` switches on, then ``extra``, in the order they run at a step (every=0: off)."""
     t = cfg.train
     hs = [Hook("log", t.log_every, log_hook), Hook("eval", t.eval_every, eval_hook)]
     if t.precise_bn > 0:
         hs.append(Hook("precise_bn", t.eval_every, precise_bn_hook))  # right after eval, at the same steps
+    if cfg.probe.every > 0:
+        hs.append(Hook("probe", cfg.probe.every, probe_hook))
     hs += list(extra or [])
     hs.append(Hook("checkpoint", t.checkpoint_every, checkpoint_hook))
     return [h for h in hs if h.every > 0]  # train.eval_every=0 for pure-speed runs

@@ -4,21 +4,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bnstudy.norm import norm_modules
+from bnstudy.norm import kind, norm_modules
 from bnstudy.train.hooks import eval_splits, evaluate, use_amp
 from bnstudy.train.snapshot import preserved
 from bnstudy.train.state import State
 
 
 def running_stat_layers(model: nn.Module) -> list[nn.Module]:
-    """Norm layers that evaluate with running statistics they update in training (BN-like), not frozen ones."""
-    return [
-        m
-        for _, m in norm_modules(model)
-        if isinstance(getattr(m, "running_mean", None), torch.Tensor)
-        and getattr(m, "momentum", None) is not None
-        and not getattr(m, "frozen", False)
-    ]
+    """Norm layers whose variant declares running statistics (BN-like), except those frozen by now."""
+    return [m for _, m in norm_modules(model) if kind(m).running_stats and not getattr(m, "frozen", False)]
 
 
 @torch.no_grad()

@@ -82,7 +82,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnstudy.norm import norm_modules
+from bnstudy.norm import kind, norm_modules
 from bnstudy.train.snapshot import preserved
 from bnstudy.train.state import State
 
@@ -94,11 +94,6 @@ SATURATION = {"sigmoid": 4.0, "tanh": 2.0}
 LANDSCAPE_ETAS = (0.25, 0.5, 1.0, 2.0, 4.0)  # multiples of the learning rate
 UNITS = (0, 1, 2, 3)  # units of the last norm site followed one by one (Ioffe & Szegedy Fig. 1(b, c))
 PREV_WEIGHTS = "probe/weights"  # state.extra key: {"step": t, "weights": {"layer{i}": W_t}} of the last probe
-# Variants that standardize each feature with the current batch's statistics: the
-# output is unchanged by W -> cW (c > 0), and a per-feature bias of the feeding layer cancels too.
-BATCH_STANDARDIZING = frozenset({"bn", "bn_noaffine", "bn_nograd", "bn_frozen", "noisy_bn"})
-# Variants that standardize each example over its features: invariant to W -> cW only without a bias.
-EXAMPLE_STANDARDIZING = frozenset({"layernorm", "groupnorm"})
 
 
 def probe_hook(state: State) -> None:
@@ -262,7 +257,7 @@ def scale_invariant(norm: nn.Module, feeder: nn.Module) -> bool:
     """Whether ``norm``'s training output is unchanged when ``feeder.weight`` is scaled by any c > 0.
 
     True for the variants that standardize with statistics of their current
-    input (:data:`BATCH_STANDARDIZING`, :data:`EXAMPLE_STANDARDIZING`), up to
+    input (those registered with ``standardizes="batch"`` or ``"example"``), up to
     their ε: (cWx − μ(cWx)) / σ(cWx) = (Wx − μ(Wx)) / σ(Wx). Per-feature batch
     statistics also cancel a bias of the feeding layer; per-example ones do not,
     so layernorm/groupnorm count only when the feeding layer has none. Not for
@@ -273,12 +268,10 @@ def scale_invariant(norm: nn.Module, feeder: nn.Module) -> bool:
     is not orthogonal to W, so, unlike under ``bn``, plain SGD need not make ‖W‖
     grow.
     """
-    kind = getattr(norm, "norm_kind", None)
     if getattr(norm, "frozen", False):
         return False
-    if kind in BATCH_STANDARDIZING:
-        return True
-    return kind in EXAMPLE_STANDARDIZING and getattr(feeder, "bias", None) is None
+    over = kind(norm).standardizes
+    return over == "batch" or (over == "example" and getattr(feeder, "bias", None) is None)
 
 
 @torch.no_grad()

@@ -1,0 +1,113 @@
+"""A variant defined only in this file, registered at test time, gets its probe rows, its colour and
+precise BN with no edit anywhere else: every part asks the variant's registry entry what it is."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnstudy.analysis import plots
+from bnstudy.config import RunConfig, run_name
+from bnstudy.models import build_model
+from bnstudy.norm import NORMS, register
+from bnstudy.train import train_run
+from bnstudy.train.precise_bn import running_stat_layers
+from bnstudy.train.probes import scale_invariant
+
+NAME = "test_newcomer"
+
+
+class Newcomer(nn.Module):
+    """y = γ (x − μ_B) / sqrt(σ_B² + ε) + β with running estimates, as a newcomer would write BN."""
+
+    def __init__(self, num_features: int, dim: int, cfg) -> None:
+        super().__init__()
+        self.eps, self.momentum = cfg.eps, cfg.momentum
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training, self.momentum, self.eps)
+
+
+@pytest.fixture
+def declare(tmp_path, monkeypatch):
+    """``declare(**what_it_is)`` registers :class:`Newcomer` under NAME; the registry is restored afterwards."""
+    monkeypatch.setenv("BNSTUDY_DATA_DIR", str(tmp_path / "data"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield lambda **what: register(NAME, shift=True, **what)(Newcomer)
+    NORMS.pop(NAME, None)
+    torch.set_num_threads(threads)
+
+
+def test_the_study_variants_declare_what_they_are():
+    # what probes, precise BN and figures knew from lists of names before the registry held it
+    declared = {name: (v.standardizes, v.running_stats, v.shift) for name, v in NORMS.items()}
+    assert declared == {
+        "bn": ("batch", True, True), "affine": (None, False, True), "none": (None, False, False),
+        "bn_noaffine": ("batch", True, False), "affine_ddi": (None, False, True), "bn_nograd": ("batch", True, True),
+        "bn_frozen": ("batch", True, True), "noisy_bn": ("batch", True, True),
+        "layernorm": ("example", False, True), "groupnorm": ("example", False, True),
+    }  # fmt: skip
+    with pytest.raises(ValueError):
+        register("bad", shift=True, standardizes="channel")
+    with pytest.raises(ValueError):
+        register("bad", shift=True, color="blue")
+    assert "bad" not in NORMS
+
+
+def cfg() -> RunConfig:
+    """40 steps on a tiny synthetic set, probes and precise BN at steps 20 and 40."""
+    return RunConfig.from_dict(
+        {
+            "data": {"name": "synthetic", "channels": 1, "size": 8, "train_size": 256, "test_size": 96},
+            "model": {"name": "mlp", "depth": 2, "width": 8},
+            "norm": {"name": NAME},
+            "optim": {"name": "sgd", "lr": 0.05},
+            "train": {"steps": 40, "batch_size": 32, "log_every": 20, "eval_every": 20, "eval_batch_size": 96,
+                      "precise_bn": 2, "progress": "off", "threads": 1},
+            "probe": {"every": 20, "batch_size": 64},
+            "device": "cpu",
+        }
+    )  # fmt: skip
+
+
+def metrics(tmp_path, name: str) -> pd.DataFrame:
+    train_run(cfg(), tmp_path / name)
+    return pd.read_csv(tmp_path / name / "metrics.csv")
+
+
+def test_a_variant_declared_bn_like_gets_probes_colour_and_precise_bn(declare, tmp_path):
+    declare(running_stats=True, standardizes="batch", color="#0a0b0c")
+    m = metrics(tmp_path, "bn_like")
+    probe = set(m.loc[m["split"] == "probe", "metric"])
+    assert {"layer1/eff_lr", "layer2/eff_lr", "layer1/weight_norm", "layer1/pre/std"} <= probe
+    precise = m[m["metric"] == "precise_acc"]
+    assert list(precise["step"]) == [20, 40] and set(precise["split"]) == {"test"}
+    assert plots.color(NAME) == "#0a0b0c" and plots.palette()[NAME] == "#0a0b0c"
+    assert plots.variant_order([NAME, "none", "bn"]) == ["bn", "none", NAME]
+    # precise BN acts on it, so it is part of the run's identity, as for bn
+    plain = cfg()
+    plain.train.precise_bn = 0
+    assert run_name(plain.to_dict()) != run_name(cfg().to_dict())
+
+
+def test_the_declarations_not_the_module_decide(declare, tmp_path):
+    """The same module declared as not standardizing and without running statistics: no eff_lr, no precise BN,
+    though it has ``running_mean`` and ``momentum`` (duck typing would have picked it)."""
+    declare()
+    net = build_model(cfg().model, cfg().norm, (1, 8, 8), 10)
+    norm = next(m for m in net.modules() if isinstance(m, Newcomer))
+    assert running_stat_layers(net) == [] and not scale_invariant(norm, nn.Linear(2, 2, bias=False))
+    m = metrics(tmp_path, "plain")
+    assert not m["metric"].str.endswith("eff_lr").any() and not (m["metric"] == "precise_acc").any()
+    assert (m["metric"] == "layer1/weight_norm").any()  # the rest of the probes, as for every variant
+    assert plots.color(NAME) == plots.color(NAME) and NAME not in plots.palette()  # a stable fallback colour
+    plain = cfg()
+    plain.train.precise_bn = 0
+    assert run_name(plain.to_dict()) == run_name(cfg().to_dict())
