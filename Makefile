@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 MIRROR_DEFAULT := $(abspath ../shared/datasets)
 export BNSTUDY_DATA_MIRROR ?= $(if $(wildcard $(MIRROR_DEFAULT)/README.md),$(MIRROR_DEFAULT),)
 
-.PHONY: venv run test test-fast test-cluster bench studies clean
+.PHONY: venv run test test-fast test-cluster bench studies device-kit clean
 
 STUDIES := ioffe_mnist lr_sensitivity mnist_tuned depth fashion_cnn maxpool_shift pool_control cifar_vgg effective_lr landscape bn_frozen norm_family fashion_tuned vgg_tuned skipinit
 JOBS ?= 2
@@ -53,6 +53,14 @@ test-cluster: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/bnstudy-bench
+
+# what scripts/device_study.sh needs on a GPU machine without hydra or internet (git-ignored):
+# pure-Python wheels of hydra-core, omegaconf, antlr4, the joblib launcher and joblib, and the compact
+# CIFAR-10-JPEG built from the mirror (about 19 MiB in all)
+DEVICE_KIT ?= device-kit
+
+device-kit: $(STAMP)
+	PYTHON=$(BIN)/python bash scripts/device_kit.sh $(DEVICE_KIT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -8,8 +8,9 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from bnstudy import devices
 from bnstudy.cli.signals import CTRL_C, ctrl_c_stops, requeue, stop_on_job_signals
-from bnstudy.cli.skip import run_log_files, skip
+from bnstudy.cli.skip import remove_if_empty, run_log_files, skip
 from bnstudy.cli.sweep import SWEEP_ENV, threads_for_launcher
 from bnstudy.checks import check_values
 from bnstudy.config import RunConfig, run_name
@@ -43,6 +44,12 @@ def run_job(cfg: DictConfig) -> str:
     validate(rcfg)  # before the lock and any file of ours: bad input leaves nothing behind
     if rcfg.train.threads == 0:
         rcfg.train.threads = threads_for_launcher()
+    if devices.out_of_time():  # a lease's budget ended before this job began: leave its run for the next sweep
+        for h in run_log_files():
+            h.close()
+        log.info("not started %s: the time budget ended (%s)", run_dir, devices.DEADLINE_ENV)
+        remove_if_empty(run_dir)
+        return "not started"
     lock = RunLock(run_dir)
     if not lock.acquire():
         for h in run_log_files():  # the other process writes this train.log
@@ -51,7 +58,7 @@ def run_job(cfg: DictConfig) -> str:
         return "locked"
     stop = StopRequest()
     try:
-        with lock, stop_on_job_signals(stop) as previous, ctrl_c_stops(stop):
+        with lock, stop_on_job_signals(stop) as previous, ctrl_c_stops(stop), devices.deadline_stops(stop):
             # another process may have finished the run between the check above and the lock
             done = skip(run_dir, rcfg)
             if done:

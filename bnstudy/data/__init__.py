@@ -8,7 +8,9 @@ Where a dataset comes from, in order:
 
 1. the prepared data folder (cache file, or torchvision's own files in it);
 2. the offline mirror ``BNSTUDY_DATA_MIRROR`` (layout of ``shared/datasets/README.md``);
-3. torchvision's download, when ``data.download`` is true.
+3. for ``cifar10_jpeg``, the compact form in the data folder (``compact/cifar10_jpeg.npz``,
+   built by ``python -m bnstudy.data.compact build``; see :mod:`bnstudy.data.compact`);
+4. torchvision's download, when ``data.download`` is true.
 """
 from __future__ import annotations
 
@@ -23,9 +25,12 @@ from pathlib import Path
 import torch
 
 from bnstudy.config import DataConfig
+from bnstudy.data.jpeg import CIFAR_CLASSES, Raw, decode_jpegs, decode_tree, iter_folder, iter_tar
+from bnstudy.data.paths import data_dir, mirror_dir, project_root
 from bnstudy.errors import DataError
 
-CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+__all__ = ["CIFAR_CLASSES", "Data", "Raw", "SPECS", "Spec", "augment", "data_dir", "decode_jpegs", "load", "load_raw", "mirror_dir", "project_root", "spec"]
+
 MNIST_FILES = [
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -84,24 +89,6 @@ class Data:
         return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
 
 
-def project_root() -> Path:
-    """The source checkout holding this package (or the working directory when installed elsewhere)."""
-    root = Path(__file__).resolve().parents[2]
-    return root if (root / "pyproject.toml").exists() else Path.cwd()
-
-
-def data_dir() -> Path:
-    """The prepared data folder: ``$BNSTUDY_DATA_DIR`` or ``data/`` in the project."""
-    env = os.environ.get("BNSTUDY_DATA_DIR")
-    return Path(env).expanduser() if env else project_root() / "data"
-
-
-def mirror_dir() -> Path | None:
-    """The offline mirror folder, if ``$BNSTUDY_DATA_MIRROR`` is set."""
-    env = os.environ.get("BNSTUDY_DATA_MIRROR")
-    return Path(env).expanduser() if env else None
-
-
 def _missing(name: str, what: str) -> DataError:
     return DataError(
         f"no {name} data: {what} not found in BNSTUDY_DATA_DIR={data_dir()} or "
@@ -113,9 +100,6 @@ def _missing(name: str, what: str) -> DataError:
 
 # ---------------------------------------------------------------- raw loaders
 # Each returns uint8 tensors: train_x (N, C, H, W), train_y (N,), test_x, test_y.
-
-Raw = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-
 
 def _load_idx(name: str, folder: str, tv_cls_name: str, download: bool) -> Raw:
     """MNIST-format datasets through torchvision, raw files prepared from the mirror if needed."""
@@ -211,90 +195,23 @@ def _load_cifar10(download: bool) -> Raw:
 
 
 def _load_cifar10_jpeg() -> Raw:
-    """CIFAR-10 re-encoded as JPEG: ``{train,test}/<class>/*.jpg`` in a folder or an uncompressed tar."""
+    """CIFAR-10 re-encoded as JPEG: class folders or an uncompressed tar, else the compact form (``compact/``)."""
+    from bnstudy.data import compact  # here, not at the top: `python -m bnstudy.data.compact` would find it imported
+
     candidates = [data_dir() / "cifar10-jpeg"]
     mirror = mirror_dir()
     if mirror is not None:
         candidates.append(mirror / "cifar10-jpeg")
     for base in candidates:
         if (base / "train").is_dir() and (base / "test").is_dir():
-            return _decode_jpeg_tree(_iter_folder(base), str(base))
+            return decode_tree(iter_folder(base), str(base))
         tar = base / "cifar10-jpeg.tar"
         if tar.exists():
-            return _decode_jpeg_tree(_iter_tar(tar), str(tar))
-    raise _missing("cifar10_jpeg", "cifar10-jpeg/cifar10-jpeg.tar (or cifar10-jpeg/{train,test}/<class>/)")
-
-
-def _iter_folder(base: Path):
-    for split in ("train", "test"):
-        for cls in CIFAR_CLASSES:
-            for p in sorted((base / split / cls).glob("*.jpg")):
-                yield split, cls, p.name, p.read_bytes()
-
-
-def _iter_tar(path: Path):
-    try:
-        with tarfile.open(path, "r:") as tf:
-            for m in tf:
-                if not m.isfile() or not m.name.endswith(".jpg"):
-                    continue
-                parts = Path(m.name).parts
-                if len(parts) < 3:
-                    continue
-                split, cls = parts[-3], parts[-2]
-                f = tf.extractfile(m)
-                yield split, cls, parts[-1], f.read() if f else b""
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise DataError(f"{path} is corrupt or truncated ({e}); restore it (sha256sum -c SHA256SUMS in the mirror)") from None
-
-
-def decode_jpegs(blobs: list[bytes], where: str) -> torch.Tensor:
-    """JPEG files' bytes -> one uint8 tensor (N, 3, H, W) of RGB pixels, decoded by Pillow.
-
-    It replaces torchvision's ``decode_jpeg`` (deprecated since torchvision 0.29),
-    which decoded the committed ``cifar_vgg`` runs: on all 60,000 images of the
-    CIFAR-10-JPEG archive the two give identical pixels, so caches and results
-    made with either agree.
-    """
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    if not blobs:
-        return torch.empty(0, 3, 32, 32, dtype=torch.uint8)
-    out: np.ndarray | None = None
-    for i, blob in enumerate(blobs):
-        try:
-            with Image.open(io.BytesIO(blob)) as im:
-                if im.format != "JPEG":
-                    raise OSError(f"a {im.format} image, not a JPEG")
-                pixels = np.asarray(im.convert("RGB"))  # (H, W, 3); a grey JPEG gets its channel repeated
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise DataError(f"{where}: image {i} is not a readable JPEG ({e}); restore the archive") from None
-        if out is None:
-            out = np.empty((len(blobs), *pixels.shape), dtype=np.uint8)
-        elif pixels.shape != out.shape[1:]:
-            raise DataError(f"{where}: image {i} is {pixels.shape[1]}x{pixels.shape[0]}, the first was {out.shape[2]}x{out.shape[1]}")
-        out[i] = pixels
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()  # (N, H, W, C) -> (N, C, H, W)
-
-
-def _decode_jpeg_tree(items, where: str) -> Raw:
-    buckets: dict[str, list[tuple[str, int, bytes]]] = {"train": [], "test": []}
-    for split, cls, fname, blob in items:
-        if split in buckets and cls in CIFAR_CLASSES:
-            buckets[split].append((f"{cls}/{fname}", CIFAR_CLASSES.index(cls), blob))
-    out = []
-    for split, expected in (("train", 50000), ("test", 10000)):
-        rows = sorted(buckets[split])  # deterministic order whatever the tar's
-        if len(rows) != expected:
-            raise DataError(f"{where}: {split} has {len(rows)} images, expected {expected}; the archive is incomplete")
-        x = decode_jpegs([b for _, _, b in rows], f"{where} ({split})")  # (N, 3, 32, 32) uint8
-        if x.shape[1:] != (3, 32, 32):
-            raise DataError(f"{where}: {split} images are {tuple(x.shape[1:])}, expected (3, 32, 32)")
-        out += [x, torch.tensor([y for _, y, _ in rows], dtype=torch.long)]
-    return out[0], out[1], out[2], out[3]
+            return decode_tree(iter_tar(tar), str(tar))
+    path = compact.default_path()
+    if path.exists():
+        return compact.read(path)
+    raise _missing("cifar10_jpeg", "cifar10-jpeg/cifar10-jpeg.tar (or cifar10-jpeg/{train,test}/<class>/, or compact/cifar10_jpeg.npz in the data folder)")
 
 
 def _synthetic(cfg: DataConfig) -> Raw:

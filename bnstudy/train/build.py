@@ -19,14 +19,10 @@ from bnstudy.norm import variant
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without one is a config error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA device is available; use device=auto or device=cpu")
-    if name not in ("cpu", "cuda"):
-        raise ConfigError(f"unknown device '{name}'; choose auto, cpu or cuda")
-    return torch.device(name)
+    """``auto`` picks CUDA when present, ``cuda:N`` one GPU; a multirun job's GPU by its job number (bnstudy/devices.py)."""
+    from bnstudy.devices import resolve
+
+    return resolve(name)
 
 
 def validate(cfg: RunConfig) -> None:
