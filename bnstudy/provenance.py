@@ -3,7 +3,9 @@
 Every ``summary.json`` holds :func:`provenance` under ``"provenance"``. The run
 hash covers the config only, so a run trained by older code keeps its folder
 name; the fingerprint is what tells it apart: :func:`stale_files` names the
-training-code files that changed since the run was trained.
+training-code files (those that can change a logged number) that changed since
+the run was trained. Whether the numbers actually changed is what
+``bnstudy-runs --reproduce`` (:mod:`bnstudy.reproduce`) checks.
 """
 from __future__ import annotations
 
@@ -16,19 +18,50 @@ from pathlib import Path
 from typing import Any
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-# Code that cannot change a training result: the analysis of finished runs and the benchmark.
-NOT_TRAINING = ("analysis/", "bench.py")
+# The package's files that cannot change a logged number, each with the reason. Every other
+# Python file counts as training code, so a new module marks runs stale until it is listed
+# here: a missed entry costs a needless retrain, never a silently different result. A name
+# ending in "/" is a folder; any other name also covers files it begins (bench -> bench_*.py).
+NOT_TRAINING: dict[str, str] = {
+    "__init__.py": "the version string",
+    "analysis/": "reads finished runs",
+    "archive.py": "packs and reads finished runs",
+    "bench": "times the loop; its runs are not kept",
+    "cli": "the Hydra entry point: composes the config (recorded in config.yaml), skips, locks, signals",
+    "devices.py": "which device a job gets and its time budget (the device is recorded in the summary)",
+    "errors.py": "exception classes and their messages",
+    "fmt.py": "how values are written in run names, labels and tables",
+    "provenance.py": "this record",
+    "reproduce.py": "re-trains committed runs in a temporary folder",
+    "runs.py": "run-folder files: metrics.csv and summary.json writing and checks, locks",
+    "runs_cli.py": "bnstudy-runs and bnstudy-report",
+    "threads.py": "the thread-count policy; the count a run used is recorded (provenance.threads)",
+    "train/__main__.py": "python -m bnstudy.train",
+    "transfer.py": "moves finished run folders between machines",
+}
 UNKNOWN = "unknown"
+
+# Code that was reorganised without changing a number. A run that recorded every hash of
+# ``before`` is taken to have recorded ``after`` instead, so moving code from one file to
+# others does not make every run stale. An entry is added only after `bnstudy-runs DIR
+# --reproduce` showed the committed runs bit-identical under the new code; it names that check.
+# (before: {"bnstudy/<path>": sha256[:12]}, after: the same for the new files, the check)
+EQUIVALENT: list[tuple[dict[str, str], dict[str, str], str]] = []
+
+
+def is_training(rel: str) -> bool:
+    """Whether the package file ``rel`` (e.g. ``train/loop.py``, or ``bnstudy/train/loop.py``) can change a logged number."""
+    rel = rel.removeprefix("bnstudy/")
+    return not any(rel == x or rel.startswith(x) for x in NOT_TRAINING)
 
 
 def training_files(package_dir: Path = PACKAGE_DIR) -> list[Path]:
-    """The package's Python files that affect training (all but analysis/ and the benchmark), sorted."""
+    """The package's Python files that can change a training result (all but :data:`NOT_TRAINING`), sorted."""
     files = []
     for p in sorted(Path(package_dir).rglob("*.py")):
         rel = p.relative_to(package_dir).as_posix()
-        if "__pycache__" in rel or any(rel == x or rel.startswith(x) for x in NOT_TRAINING):
-            continue
-        files.append(p)
+        if "__pycache__" not in rel and is_training(rel):
+            files.append(p)
     return files
 
 
@@ -110,6 +143,9 @@ def _static() -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "hostname": socket.gethostname(),
         "cpu": cpu_model(),
+        # the vector kernels ATen picked (AVX2, AVX512, ...): reductions sum in another order under
+        # another width, so CPU results are bit-identical only with the same kernels
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
 
 
@@ -122,33 +158,65 @@ def _device_name(device: str) -> str:
     return cpu_model()
 
 
-def provenance(device: Any = "cpu") -> dict[str, Any]:
-    """The record for summary.json: code identity, versions, machine, device name and torch's thread count now."""
+def provenance(device: Any = "cpu", threads_why: str = "torch's default") -> dict[str, Any]:
+    """The record for summary.json: code identity, versions, machine, device name, torch's thread count now and why."""
     import torch
 
     return {
         **_static(),
         "device_name": _device_name(str(device)),
         "threads": torch.get_num_threads(),  # results are bit-identical only at the same thread count
+        "threads_why": threads_why,
         "code": current_code(),
     }
+
+
+def recorded_code(summary: dict[str, Any]) -> dict[str, str] | None:
+    """The training-file hashes a run recorded, read by today's rule: files now in :data:`NOT_TRAINING`
+    left out, :data:`EQUIVALENT` moves applied. None when the run recorded none (trained before
+    provenance was recorded)."""
+    prov = summary.get("provenance")
+    code = prov.get("code") if isinstance(prov, dict) else None
+    files = code.get("files") if isinstance(code, dict) else None
+    if not isinstance(files, dict):
+        return None
+    # Only the files both rules count are compared: narrowing the rule marks no run stale.
+    files = {f: h for f, h in files.items() if is_training(f)}
+    for before, after, _ in EQUIVALENT:
+        if before and all(files.get(f) == h for f, h in before.items()):
+            files = {f: h for f, h in files.items() if f not in before} | after
+    return files
+
+
+def equivalence(summary: dict[str, Any], current: dict[str, Any] | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """An :data:`EQUIVALENT` entry's (before, after) from a run's record to ``current`` (this process's code).
+
+    To be added, with the check that justifies it, only after ``--reproduce``
+    showed runs with this record bit-identical under the current code.
+    """
+    then = recorded_code(summary) or {}
+    now = {f: h for f, h in (current or current_code())["files"].items() if is_training(f)}
+    return {f: h for f, h in then.items() if now.get(f) != h}, {f: h for f, h in now.items() if then.get(f) != h}
+
+
+def code_version(summary: dict[str, Any]) -> str | None:
+    """The fingerprint of a run's training code by today's rule (comparable across runs), or None when unknown."""
+    files = recorded_code(summary)
+    return None if files is None else fingerprint(files)
 
 
 def stale_files(summary: dict[str, Any], current: dict[str, Any] | None = None) -> list[str] | None:
     """Training files that differ between the code a run recorded and ``current`` (this process's code).
 
-    None when the run recorded no code fingerprint (trained before provenance
-    was recorded): its code is unknown, not known to differ.
+    A file present on one side only (added, removed or moved since) counts as
+    changed. None when the run recorded no code (trained before provenance was
+    recorded): its code is unknown, not known to differ.
     """
-    code = (summary.get("provenance") or {}).get("code") if isinstance(summary.get("provenance"), dict) else None
-    if not isinstance(code, dict) or not isinstance(code.get("fingerprint"), str):
+    then = recorded_code(summary)
+    if then is None:
         return None
-    current = current or current_code()
-    if code["fingerprint"] == current["fingerprint"]:
-        return []
-    then, now = code.get("files") or {}, current["files"]
-    changed = sorted(f for f in set(then) | set(now) if then.get(f) != now.get(f))
-    return changed or ["(fingerprint differs)"]
+    now = {f: h for f, h in (current or current_code())["files"].items() if is_training(f)}
+    return sorted(f for f in set(then) | set(now) if then.get(f) != now.get(f))
 
 
 def commit_label(summary: dict[str, Any]) -> str:

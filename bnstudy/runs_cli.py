@@ -23,6 +23,9 @@ def runs(argv: list[str] | None = None) -> None:
     mode.add_argument("--check", action="store_true", help="check every run for damage (summary.json types; a finished run's metrics.csv against it); exit 1 if any is damaged")
     mode.add_argument("--stale", action="store_true", help="list the runs trained by training code that differs from this checkout's")
     mode.add_argument("--compare", metavar="REF", help="compare each finished run under REF (e.g. a committed study) with the run of the same name under DIR; exit 1 unless all reproduce")
+    mode.add_argument("--reproduce", type=int, metavar="N", help="re-train a seeded random sample of N finished runs for their first --steps steps on the CPU and compare every logged value; exit 1 unless all reproduce")
+    p.add_argument("--steps", type=int, help="with --reproduce: steps to re-train (default 300, at most each run's own)")
+    p.add_argument("--seed", type=int, default=0, help="with --reproduce: seed of the sample (the same seed picks the same runs)")
     a = p.parse_args(argv)
     for d in (a.dir, a.compare):
         if d is not None and not Path(d).is_dir():
@@ -32,6 +35,10 @@ def runs(argv: list[str] | None = None) -> None:
         sys.exit(_check_runs(Path(a.dir), statuses))
     if a.stale:
         return _stale_runs(Path(a.dir), statuses)
+    if a.reproduce is not None:
+        from bnstudy.reproduce import main as reproduce
+
+        sys.exit(reproduce(Path(a.dir), a.reproduce, a.steps, a.seed))
     if a.compare:
         from bnstudy.analysis.compare import report as compare_report
 

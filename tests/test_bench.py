@@ -6,9 +6,11 @@ load decides them.
 from __future__ import annotations
 
 import math
+import os
 
 import pandas as pd
 import pytest
+import torch
 
 from bnstudy import bench
 
@@ -58,3 +60,55 @@ def test_check_status():
     assert bench.Check("mlp a/b", 0.5).status == "MISS"
     assert bench.Check("eval / train", 0.2).status == "MISS"
     assert bench.Check("eval / train", None).status == "n/a"
+
+
+def test_bad_case_options_are_one_line_errors(capsys):
+    for argv in (["--case", "fast"], ["--peak-tflops", "0"], ["--concurrent", "a"], ["--concurrent", "0"]):
+        with pytest.raises(SystemExit) as e:
+            bench.parse(argv)
+        assert e.value.code == 2
+    assert "--case takes speed, busy, full" in capsys.readouterr().err
+
+
+def test_bare_and_dataloader_loops_use_the_trainers_optimizer(tmp_data):
+    from bnstudy.bench.common import compose
+    from bnstudy.bench.contenders import built
+
+    for name, cls in (("sgd", torch.optim.SGD), ("adam", torch.optim.Adam)):
+        model, opt, data, _ = built(compose(["data=synthetic", f"optim={name}", "train.threads=1"]))
+        assert isinstance(opt, cls) and model.training and data.train_x.shape[1:] == (1, 28, 28)
+
+
+def test_full_width_quick_path_on_a_small_resnet(tmp_data, tmp_path, monkeypatch):
+    from bnstudy.bench import full
+
+    # the full-width code path, on a ResNet-8 of width 4 so that it takes seconds on a CPU
+    monkeypatch.setitem(full.FULL, "resnet", ["model=resnet", "model.depth=8", "model.width=4"])
+    opts = bench.Options(quick=True, models=["resnet"], steps=1, repeats=1, data="synthetic", peak_tflops=1.0)
+    rows, checks = full.bench_full(opts, tmp_path, torch.device("cpu"), 1)
+    assert [r["toggles"] for r in rows] == ["plain", "amp", "channels_last", "amp+channels_last"]  # no compile in --quick
+    assert all(r["ips_bnstudy"] > 0 and r["ips_bare"] > 0 and 0 < r["mfu"] < 1 for r in rows)
+    assert rows[0]["gflop_per_step"] == pytest.approx(step_flops_resnet8() / 1e9)
+    assert {c.name for c in checks} == {"resnet full a/b", "resnet full MFU"}
+    assert full.peak_tflops(torch.device("cpu"), None)[0] is None
+
+
+def step_flops_resnet8() -> float:
+    from bnstudy.config import ModelConfig, NormConfig
+    from bnstudy.flops import step_flops
+
+    return step_flops(ModelConfig(name="resnet", depth=8, width=4), NormConfig(), (3, 32, 32), 10, 128)
+
+
+def test_busy_case_neighbour_and_fresh_process_runs(tmp_data):
+    from bnstudy.bench import busy
+
+    with busy.neighbour() as pid:
+        os.kill(pid, 0)  # running (raises if not)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # killed and reaped by the bench
+    args = ["data=synthetic", "train.steps=2", "train.eval_every=0", "train.progress=off"]
+    new = busy.train_once("default", args)
+    assert new["threads"] == 1 and "too small to split" in new["why"] and "PASSIVE" in new["why"]
+    old = busy.train_once("old default", args)
+    assert "actively" in old["why"] and old["step"] == 2

@@ -8,10 +8,10 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from bnstudy import devices
+from bnstudy import devices, threads
 from bnstudy.cli.signals import CTRL_C, ctrl_c_stops, requeue, stop_on_job_signals
 from bnstudy.cli.skip import remove_if_empty, run_log_files, skip
-from bnstudy.cli.sweep import SWEEP_ENV, threads_for_launcher
+from bnstudy.cli.sweep import SWEEP_ENV, launcher_share
 from bnstudy.checks import check_values
 from bnstudy.config import RunConfig, run_name
 from bnstudy.runs import RunLock, atomic_write_text
@@ -42,8 +42,7 @@ def run_job(cfg: DictConfig) -> str:
     if done:
         return done
     validate(rcfg)  # before the lock and any file of ours: bad input leaves nothing behind
-    if rcfg.train.threads == 0:
-        rcfg.train.threads = threads_for_launcher()
+    threads.share_cores(*launcher_share())  # the default thread policy divides the cores between parallel jobs
     if devices.out_of_time():  # a lease's budget ended before this job began: leave its run for the next sweep
         for h in run_log_files():
             h.close()

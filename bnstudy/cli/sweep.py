@@ -55,18 +55,16 @@ class SweepCallback(Callback):
                 print(f"resume them (finished runs are skipped) with the same command:\n  {command}", file=sys.stderr)
 
 
-def threads_for_launcher() -> int:
-    """Torch threads per job: the cores divided between the launcher's parallel jobs."""
+def launcher_share() -> tuple[int, int | None]:
+    """(parallel jobs sharing this machine's cores, cpus per job) of the launcher, for :mod:`bnstudy.threads`."""
     try:
         launcher = HydraConfig.get().launcher
     except ValueError:
-        return 0
+        return 1, None
     target = str(launcher.get("_target_", ""))
     if "joblib" in target:
-        cores = os.cpu_count() or 1
         n_jobs = int(launcher.get("n_jobs", 1) or 1)
-        n_jobs = cores if n_jobs < 0 else n_jobs  # joblib's -1: one job per core
-        return max(1, cores // n_jobs)
+        return (os.cpu_count() or 1) if n_jobs < 0 else n_jobs, None  # joblib's -1: one job per core
     if "submitit" in target and launcher.get("cpus_per_task"):
-        return int(launcher.cpus_per_task)
-    return 0
+        return 1, int(launcher.cpus_per_task)
+    return 1, None

@@ -235,7 +235,8 @@ def _synthetic(cfg: DataConfig) -> Raw:
 _CACHE_VERSION = 1
 
 
-def _cache_path(name: str) -> Path:
+def cache_path(name: str) -> Path:
+    """Where the prepared tensors of dataset ``name`` are cached."""
     return data_dir() / "cache" / f"{name}.v{_CACHE_VERSION}.pt"
 
 
@@ -244,7 +245,7 @@ def load_raw(cfg: DataConfig) -> Raw:
     if cfg.name == "synthetic":
         return _synthetic(cfg)
     spec(cfg)  # unknown names fail here
-    path = _cache_path(cfg.name)
+    path = cache_path(cfg.name)
     if path.exists():
         try:
             blob = torch.load(path, weights_only=True)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from bnstudy import data as data_lib
+from bnstudy import threads
 from bnstudy.checks import check_values
 from bnstudy.config import RunConfig
 from bnstudy.errors import ConfigError
@@ -165,8 +166,7 @@ def build(cfg: RunConfig) -> Built:
     device = resolve_device(cfg.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
+    threads.apply(cfg)  # train.threads, or the default policy; before the data's first torch op
     data = data_lib.load(cfg.data, device)  # before any run file is written: bad data leaves nothing behind
 
     seed_everything(cfg.seed)

@@ -16,6 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from bnstudy import threads
 from bnstudy.config import factors
 from bnstudy.errors import no_space
 from bnstudy.provenance import provenance
@@ -49,7 +50,7 @@ def summary(state: State, status: str, params: int, started: float, **more: Any)
         "factors": factors(state.cfg),
         "run": f"{state.run_dir.parent.name}/{state.run_dir.name}",
         "device": str(state.device),
-        "provenance": provenance(state.device),  # code and machine: what `bnstudy-runs --stale` compares
+        "provenance": provenance(state.device, threads.why()),  # code and machine: what `bnstudy-runs --stale` compares
         "updated": time.time(),
         "started": started,
         **more,

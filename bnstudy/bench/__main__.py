@@ -1,0 +1,3 @@
+from bnstudy.bench import main
+
+main()
