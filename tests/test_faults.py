@@ -47,8 +47,9 @@ def tree(root: Path) -> dict[str, str]:
 
 
 def record(run: Path) -> dict[str, str]:
-    """A run folder's files but Hydra's record of the last command (.hydra/) and the lock file: what a refused resume must not change."""
-    return {k: v for k, v in tree(run).items() if not (k.startswith(".hydra/") or k == ".lock")}
+    """A run folder's files but the record of the last attempt (.hydra/, train.log) and the lock file: what a refused
+    resume must not change (summary.json, metrics.csv, config.yaml, the checkpoint)."""
+    return {k: v for k, v in tree(run).items() if not (k.startswith(".hydra/") or k in (".lock", "train.log"))}
 
 
 def summary(run: Path) -> dict:
