@@ -131,7 +131,7 @@ class RunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
     device: str = "auto"
-    out_dir: str = "results/runs"
+    out_dir: str = "runs"
     force: bool = False
     study: str = ""
 
@@ -271,6 +271,8 @@ def run_name(cfg: dict[str, Any]) -> str:
     lr = _number("optim.lr", g("optim", "lr"), (int, float))
     bs = _number("train.batch_size", g("train", "batch_size"), (int,))
     seed = _number("seed", g("seed"), (int,))
+    if not 0 <= seed < 2**63:  # torch seeds its generators with a 64-bit integer
+        raise ConfigError(f"seed must be an integer from 0 to 2**63-1 (got {seed})")
     readable = "-".join([*names, "lr" + fmt(lr), "bs" + fmt(bs)])
     return f"{readable}-{config_hash(cfg)}/seed{seed}"
 

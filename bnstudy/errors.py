@@ -5,6 +5,10 @@ import errno
 from typing import Iterator
 
 
+# a Ctrl-C before the first training step, from start-up (bnstudy.startup) to data loading (bnstudy.cli.app)
+INTERRUPTED_AT_START = "interrupted before training began; run the same command to start again"
+
+
 class BnstudyError(Exception):
     """Base of the errors bnstudy reports as a single line saying what to do."""
 

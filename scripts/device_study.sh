@@ -102,7 +102,7 @@ RUNS=$("$PY" - "$STUDY" "$@" <<'EOF'
 import sys, yaml
 out = [a.split("=", 1)[1] for a in sys.argv[2:] if a.startswith("out_dir=")]
 with open(f"experiments/{sys.argv[1]}.yaml") as f:
-    print(out[-1] if out else (yaml.safe_load(f) or {}).get("out_dir", "results/runs"))
+    print(out[-1] if out else (yaml.safe_load(f) or {}).get("out_dir", "runs"))
 EOF
 )
 export BNSTUDY_DEADLINE=$(( t0 + BUDGET - PACK_S ))

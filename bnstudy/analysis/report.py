@@ -508,6 +508,9 @@ def main(argv: list[str] | None = None) -> None:
         path = build_report(a.dir, a.out, a.target, a.reference, vector=a.svg)
     except (NoRuns, UnknownReference, MixedStudies) as e:
         p.exit(2, f"error: {e}\n")
+    except OSError as e:  # --out a file, a read-only folder, a full disk: the tables cannot be written
+        out = a.out or a.dir
+        p.exit(2, f"error: cannot write the report into {out}: {e.strerror or e} ({e.filename}); give --out a writable folder\n")
     print(path)
 
 

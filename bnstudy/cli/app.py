@@ -16,7 +16,7 @@ from bnstudy.cli.hydra_errors import FULL_ERROR_ENV, command_line_error, full_er
 from bnstudy.cli.job import run_job
 from bnstudy.cli.skip import remove_if_empty
 from bnstudy.cli.sweep import SweepCallback
-from bnstudy.errors import BnstudyError, no_space
+from bnstudy.errors import INTERRUPTED_AT_START, BnstudyError, causes, no_space
 from bnstudy.train import Interrupted
 
 log = logging.getLogger("bnstudy")
@@ -32,10 +32,15 @@ def _hydra_main(cfg: DictConfig) -> str:
     try:
         return run_job(cfg)
     except Interrupted as e:
-        print(f"interrupted at step {e.step}; run the same command to resume", file=sys.stderr)
+        if cfg.get("force"):  # force=true discards the checkpoint: say so, and how to keep it
+            print(f"interrupted at step {e.step}; force=true trains this run again from step 0: "
+                  f"run the command without force=true to resume from step {e.step}", file=sys.stderr)
+        else:
+            print(f"interrupted at step {e.step}; run the same command to resume", file=sys.stderr)
         sys.exit(130)
     except KeyboardInterrupt:
-        print("interrupted before training began; run the same command to start again", file=sys.stderr)
+        remove_if_empty(out)
+        print(INTERRUPTED_AT_START, file=sys.stderr)
         sys.exit(130)
     except BnstudyError as e:
         remove_if_empty(out)
@@ -71,12 +76,19 @@ def train() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         _hydra_main()
+    except KeyboardInterrupt:  # while Hydra composes the config, before any job
+        print(INTERRUPTED_AT_START, file=sys.stderr)
+        sys.exit(130)
     except Exception as e:
         if user_full:
             raise
         line = command_line_error(e)
         if line is not None:
             print(f"error: {line}", file=sys.stderr)
+            sys.exit(2)
+        bad_path = next((x for x in causes(e) if isinstance(x, OSError) and x.filename and not no_space(x)), None)
+        if bad_path is not None:  # Hydra creating the run folder: out_dir is where it cannot
+            print(f"error: cannot create {bad_path.filename}: {bad_path.strerror}; pick another out_dir", file=sys.stderr)
             sys.exit(2)
         print(f"error: {type(e).__name__}: {e} (set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
         sys.exit(1)

@@ -52,14 +52,27 @@ def _wrong_type(full_key: str, message: str) -> str:
     return f"{full_key} must be {want} (got {got.group(1) if got else 'something else'!r})"
 
 
+def _composition_error(message: str) -> str | None:
+    """Hydra's words for a sweep value without -m, or a removed key, as one line naming the key."""
+    m = re.match(r"Ambiguous value for argument '([^=']+)=(.*?)'", message)
+    if m:
+        return f"{m[1]}={m[2]} is a sweep: add -m (--multirun) to run one job per value"
+    m = re.match(r"Error merging override ~([\w.]+)", message)
+    if m and _field_type(m[1]) is not None:
+        return f"{m[1]} cannot be removed (~{m[1]}): every run needs it; set a value instead ({m[1]}=VALUE)"
+    return None
+
+
 def command_line_error(e: BaseException) -> str | None:
     """One line for a bad command line (an unknown option or key, a value of the wrong type), else None."""
-    from hydra.errors import MissingConfigException, OverrideParseException
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
     for x in causes(e):
         if isinstance(x, BnstudyError):
             return str(x)
+        if isinstance(x, ConfigCompositionException) and _composition_error(str(x)):
+            return _composition_error(str(x))
         if isinstance(x, MissingConfigException) and x.options is not None and x.missing_cfg_file:
             group, _, name = x.missing_cfg_file.rpartition("/")
             return f"unknown {group} '{name}'; choose one of: {', '.join(x.options)}"

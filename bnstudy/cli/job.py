@@ -12,6 +12,7 @@ from bnstudy import devices, threads
 from bnstudy.cli.signals import CTRL_C, ctrl_c_stops, requeue, stop_on_job_signals
 from bnstudy.cli.skip import remove_if_empty, run_log_files, skip
 from bnstudy.cli.sweep import SWEEP_ENV, launcher_share
+from bnstudy.checks import check_values
 from bnstudy.config import RunConfig, run_name
 from bnstudy.runs import RunLock, atomic_write_text
 from bnstudy.train import Interrupted, StopRequest, train_run, validate
@@ -35,6 +36,7 @@ def run_job(cfg: DictConfig) -> str:
     """One training job: skip if done, else train (resuming if interrupted). Returns the final status."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     rcfg = RunConfig.from_dict(plain)  # type: ignore[arg-type]
+    check_values(rcfg)  # bad input is an error even where the run it names is finished and would be skipped
     run_dir = Path(rcfg.out_dir) / run_name(plain)  # type: ignore[arg-type]
     done = skip(run_dir, rcfg)
     if done:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from bnstudy.checks import check_out_dir
 from bnstudy.config import RunConfig, run_name
 
 
@@ -11,6 +12,7 @@ def _run_name_resolver(*, _root_: DictConfig) -> str:
     # Hydra resolves hydra.run.dir / hydra.sweep.subdir with this, so its own
     # outputs (.hydra/, the job log) land inside the run folder.
     plain = {k: OmegaConf.to_container(_root_[k], resolve=True) if OmegaConf.is_config(_root_[k]) else _root_[k] for k in _root_ if k != "hydra"}
+    check_out_dir(str(plain.get("out_dir", "")))  # before Hydra creates the run folder in it
     return run_name(plain)
 
 

@@ -18,20 +18,25 @@ CTRL_C = "Ctrl-C"
 @contextlib.contextmanager
 def ctrl_c_stops(stop: StopRequest) -> Iterator[None]:
     """While training, a first Ctrl-C asks the loop to stop after the current step (checkpointed there);
-    a second one interrupts at once."""
+    a second one interrupts the step at once, unless the loop has already stopped and is saving."""
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         yield  # signals go to the main thread only; an ignored SIGINT stays ignored
         return
 
-    def first(signum: int, _frame: Any) -> None:
-        stop.set(CTRL_C, signum)
-        signal.signal(signal.SIGINT, previous)
+    def on_ctrl_c(signum: int, _frame: Any) -> None:
+        if stop.reason is None:
+            stop.set(CTRL_C, signum)
+        elif not stop.seen:
+            raise KeyboardInterrupt  # a step that takes long: the run resumes from its last checkpoint
+        # else the checkpoint and summary of the stop are being written: a press 10 ms later must not cut them short
 
-    previous = signal.signal(signal.SIGINT, first)
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        # after a Ctrl-C stop the command only prints its last line and exits: a late press must not turn
+        # that into a traceback or the wrong line
+        signal.signal(signal.SIGINT, signal.SIG_IGN if stop.reason == CTRL_C else previous)
 
 
 def _job_signals() -> dict[int, str]:

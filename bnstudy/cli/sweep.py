@@ -51,7 +51,11 @@ class SweepCallback(Callback):
             for f in interrupted:
                 print(f"  {f}", file=sys.stderr)
             command = shlex.join(["bnstudy-train", *sys.argv[1:]])
-            print(f"resume them (finished runs are skipped) with the same command:\n  {command}", file=sys.stderr)
+            if config.get("force"):  # the same command would discard their checkpoints
+                print(f"force=true trains them again from step 0; to resume them, run the command without force=true "
+                      f"(which also skips every finished run):\n  {command}", file=sys.stderr)
+            else:
+                print(f"resume them (finished runs are skipped) with the same command:\n  {command}", file=sys.stderr)
 
 
 def launcher_share() -> tuple[int, int | None]:

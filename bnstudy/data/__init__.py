@@ -15,6 +15,7 @@ Where a dataset comes from, in order:
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import shutil
 import tarfile
@@ -112,6 +113,7 @@ def _load_idx(name: str, folder: str, tv_cls_name: str, download: bool) -> Raw:
             raw.mkdir(parents=True, exist_ok=True)
             for f in MNIST_FILES:
                 _gunzip(mirror / folder / f"{f}.gz", raw / f)
+                _check_idx(raw / f, mirror / folder / f"{f}.gz", SPECS[name])
     cls = getattr(torchvision.datasets, tv_cls_name)
     files = ", ".join(f"{folder}/{f}.gz" for f in MNIST_FILES)
     if not _have(raw):
@@ -132,6 +134,19 @@ def _load_idx(name: str, folder: str, tv_cls_name: str, download: bool) -> Raw:
             ) from None
         out += [ds.data.unsqueeze(1).contiguous(), ds.targets.long()]
     return out[0], out[1], out[2], out[3]
+
+
+def _check_idx(path: Path, src: Path, s: Spec) -> None:
+    """An IDX file just prepared from ``src`` must hold the dataset's full split; else blame ``src``, not the copy."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+        dims = [int.from_bytes(f.read(4), "big") for _ in range(head[3] if len(head) == 4 else 0)]
+    expected = s.train_size if path.name.startswith("train") else s.test_size
+    size = 4 + 4 * len(dims) + (math.prod(dims) if dims else 0)
+    if not dims or dims[0] != expected or path.stat().st_size != size:
+        found = f"{dims[0]} of {expected} items, {path.stat().st_size} of {size} bytes" if dims else "no IDX header"
+        path.unlink(missing_ok=True)  # the next start prepares it again, from a restored source
+        raise DataError(f"{src} is incomplete ({found}); restore it (sha256sum -c SHA256SUMS in the mirror)")
 
 
 def _have(raw: Path) -> bool:

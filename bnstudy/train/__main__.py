@@ -1,4 +1,4 @@
 """``python -m bnstudy.train``: the same as ``bnstudy-train``."""
-from bnstudy.cli import train
+from bnstudy.startup import main
 
-train()
+main()

@@ -11,6 +11,7 @@ from torch import nn
 
 from bnstudy import data as data_lib
 from bnstudy import threads
+from bnstudy.checks import check_values
 from bnstudy.config import RunConfig
 from bnstudy.errors import ConfigError
 from bnstudy.models import MODELS, POOLS, activation, build_model, count_params
@@ -27,6 +28,7 @@ def resolve_device(name: str) -> torch.device:
 
 def validate(cfg: RunConfig) -> None:
     """Reject impossible values before any data is loaded or folder written."""
+    check_values(cfg)  # first: a bad synthetic size is blamed on its own key, not on data.val_size
     t, o = cfg.train, cfg.optim
     checks = [
         (o.lr > 0, f"optim.lr must be > 0 (got {o.lr})"),

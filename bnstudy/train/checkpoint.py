@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bnstudy.checks import check_checkpoint_identity, checkpoint_identity, short_reason
 from bnstudy.errors import CheckpointError
 from bnstudy.train.state import State
 
@@ -18,6 +19,7 @@ CHECKPOINT = "checkpoint.pt"
 def save_checkpoint(state: State) -> None:
     """Write model, optimizer, scheduler, step, RNG states, data position and hook state."""
     ckpt = {
+        "identity": checkpoint_identity(state.cfg),  # resume refuses a checkpoint of another config or seed
         "step": state.step,
         "model": state.model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
@@ -65,14 +67,15 @@ def load_checkpoint(state: State) -> None:
         lines = str(e).strip().splitlines() or [type(e).__name__]
         if lines[0].startswith("Weights only load failed"):
             found = [ln.strip() for ln in lines if "Unsupported" in ln]
-            reason = "it holds objects other than tensors and numbers" + (f" ({found[0][:120]})" if found else "")
+            reason = "it holds objects other than tensors and numbers" + (f" ({short_reason(found[0], 120)})" if found else "")
         else:
-            reason = lines[0][:200]
+            reason = f"truncated or corrupt ({short_reason(e)})"
         raise CheckpointError(f"cannot resume from {path}: not a checkpoint bnstudy can load: {reason}; {fix}") from None
+    check_checkpoint_identity(ckpt, state.cfg, state.run_dir, path)
     try:
         _restore(state, ckpt)
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
-        raise CheckpointError(f"cannot resume from {path}: it does not fit this run ({type(e).__name__}: {str(e)[:200]}); {fix}") from None
+        raise CheckpointError(f"cannot resume from {path}: it does not fit this run ({type(e).__name__}: {short_reason(e)}); {fix}") from None
 
 
 def _restore(state: State, ckpt: dict[str, Any]) -> None:

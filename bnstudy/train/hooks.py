@@ -19,18 +19,34 @@ def log_hook(state: State) -> None:
     """Train loss (mean over the interval) and lr; raises :class:`Diverged` on a bad loss."""
     if not state.losses:
         return
-    vals = torch.stack(state.losses).float().cpu()  # the only host sync of the interval
-    first = state.step - len(vals) + 1
-    limit = state.cfg.train.diverge_loss
-    bad = (~torch.isfinite(vals)) | (vals > limit)
+    vals = _losses_or_diverged(state)
     state.losses.clear()
+    state.last_train_loss = float(vals.mean())
+    state.log.write(state.step, [("train", "loss", state.last_train_loss), ("train", "lr", state.lr())], state.train_seconds)
+
+
+def check_divergence(state: State) -> None:
+    """At a hook point without a log row: raise :class:`Diverged` if a loss since the last log point is bad.
+
+    Run before any other hook of that step, so an evaluation, probe or checkpoint
+    never records a step after the divergence: the run's rows end at the step it
+    diverged at, in order, as ``bnstudy-runs --check`` expects.
+    """
+    if state.losses:
+        _losses_or_diverged(state)
+
+
+def _losses_or_diverged(state: State) -> torch.Tensor:
+    vals = torch.stack(state.losses).float().cpu()  # the only host sync of the interval
+    bad = (~torch.isfinite(vals)) | (vals > state.cfg.train.diverge_loss)
     if bool(bad.any()):
         i = int(bad.nonzero()[0])
+        first = state.step - len(vals) + 1
+        state.losses.clear()
         state.last_train_loss = float(vals[i])
         state.log.write(first + i, [("train", "loss", float(vals[i]))], state.train_seconds)
         raise Diverged(first + i, float(vals[i]))
-    state.last_train_loss = float(vals.mean())
-    state.log.write(state.step, [("train", "loss", state.last_train_loss), ("train", "lr", state.lr())], state.train_seconds)
+    return vals
 
 
 @torch.inference_mode()

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from bnstudy import data as data_lib
 from bnstudy.config import RunConfig
 from bnstudy.train.build import build, validate
-from bnstudy.train.hooks import checkpoint_hook, eval_hook, log_hook, progress_bar, progress_line
+from bnstudy.train.hooks import check_divergence, checkpoint_hook, eval_hook, log_hook, progress_bar, progress_line
 from bnstudy.train.lifecycle import RunFolder
 from bnstudy.train.precise_bn import precise_bn_hook
 from bnstudy.train.probes import probe_hook
@@ -88,6 +88,7 @@ def _loop(state: State, hooks: list[Hook], stop: StopRequest | None = None) -> N
     try:
         while state.step < steps:
             if stop is not None and stop.reason is not None:
+                stop.seen = True
                 raise Interrupted(stop.reason, state.step)
             idx = state.batches.next()
             x, y = x_all[idx], y_all[idx]  # (B, C, H, W), (B,)
@@ -114,6 +115,8 @@ def _loop(state: State, hooks: list[Hook], stop: StopRequest | None = None) -> N
                 torch.cuda.synchronize()
             t_hooks = time.perf_counter()
             state.train_seconds += t_hooks - t_last
+            if not (state.step % cfg.train.log_every == 0 or state.step == steps):
+                check_divergence(state)  # an evaluation between log points must not outlive a divergence
             for h in hooks:
                 if state.step % h.every == 0 or state.step == steps:
                     t0 = time.perf_counter()

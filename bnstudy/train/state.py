@@ -28,6 +28,7 @@ class StopRequest:
 
     reason: str | None = None
     signum: int | None = None
+    seen: bool = False  # the loop has stopped for it and is saving: a second Ctrl-C has nothing left to cut short
 
     def set(self, reason: str, signum: int | None = None) -> None:
         """Ask the loop to stop; the first request's reason is the one recorded."""

@@ -1,0 +1,349 @@
+"""Fault injection: bad input, damage and interruptions, each with the exit code, the first line on stderr and
+what must be left untouched. A later change that reopens one of these fails here.
+
+Every case runs the real command (``python -m bnstudy.train``) on tiny synthetic runs.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from bnstudy.config import RunConfig, run_name
+from bnstudy.train import Hook, train_run
+from bnstudy.train.loop import Interrupted
+
+from .conftest import ROOT, cli, compose
+
+FAST = ["data=synthetic", "train.threads=1", "train.progress=off", "train.steps=4", "train.eval_every=2", "train.log_every=2", "train.checkpoint_every=2"]
+
+
+def run_dir_of(overrides: list[str]) -> Path:
+    cfg = compose(overrides)
+    return Path(cfg.out_dir) / run_name(OmegaConf.to_container(cfg, resolve=True))
+
+
+def first_line(stderr: str, most: int = 1) -> str:
+    lines = stderr.strip().splitlines()
+    assert 1 <= len(lines) <= most and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every file under ``root`` with a hash of its bytes (what "untouched" compares)."""
+    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def record(run: Path) -> dict[str, str]:
+    """A run folder's files but the record of the last attempt (.hydra/, train.log) and the lock file: what a refused
+    resume must not change (summary.json, metrics.csv, config.yaml, the checkpoint)."""
+    return {k: v for k, v in tree(run).items() if not (k.startswith(".hydra/") or k in (".lock", "train.log"))}
+
+
+def summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+def _sigint_default() -> None:
+    # a suite started in the background ignores SIGINT, and children inherit that: undo it
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    """An out_dir holding one finished run: every bad command below is pointed at it and must leave it as it was."""
+    out = tmp_path_factory.mktemp("results")
+    r = cli([*FAST, f"out_dir={out}"], cwd=out)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+# ---------------------------------------------------------------- bad input: one line, exit 2, nothing written
+
+BAD_INPUT = [
+    # (case, overrides, first line of stderr: a regex)
+    ("a sweep value without -m", ["seed=0,1"], r"^error: seed=0,1 is a sweep: add -m \(--multirun\)"),
+    ("a deleted key", ["~train.steps"], r"^error: train\.steps cannot be removed"),
+    ("a seed torch cannot take", ["seed=99999999999999999999"], r"^error: seed must be an integer from 0 to 2\*\*63-1"),
+    ("bn with batches of one", ["train.batch_size=1"], r"^error: train\.batch_size=1 cannot train norm=bn with model=mlp"),
+    ("adam with one beta", ["optim=adam", "optim.betas=[0.9]"], r"^error: optim\.betas must be two numbers in \[0, 1\)"),
+    ("no classes", ["data.num_classes=0"], r"^error: data\.num_classes must be >= 2"),
+    ("probe batches of zero", ["probe.every=2", "probe.batch_size=0"], r"^error: probe\.batch_size must be >= 1"),
+    ("an empty training set blames its own key", ["data.train_size=0"], r"^error: data\.train_size must be >= 1"),
+    ("an unknown progress mode", ["train.progress=maybe"], r"^error: train\.progress must be one of auto, on, off \(got 'maybe'\)"),
+]
+
+
+@pytest.mark.parametrize("case,overrides,expected", BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, overrides, expected, results):
+    before = tree(results)
+    r = cli([*FAST, *overrides, f"out_dir={results}"], cwd=results)
+    assert r.returncode == 2, r.stderr
+    assert re.search(expected, first_line(r.stderr)), r.stderr
+    assert tree(results) == before, "the results folder changed"
+
+
+def test_an_out_dir_that_is_a_file_is_one_line(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("keep me\n")
+    r = cli([*FAST, f"out_dir={f}"], cwd=tmp_path)
+    assert r.returncode == 2 and re.search(rf"^error: out_dir={re.escape(str(f))}: .* is a file, not a folder", first_line(r.stderr))
+    assert f.read_text() == "keep me\n"
+
+
+def test_an_empty_out_dir_is_one_line_and_writes_nothing_here(tmp_path):
+    r = cli([*FAST, "out_dir=''"], cwd=tmp_path)
+    assert r.returncode == 2 and first_line(r.stderr).startswith("error: out_dir is empty; give the folder for run folders")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _unwritable() -> Path | None:
+    # root writes into any chmod-ed folder: only a read-only file system is unwritable for everyone
+    for p in (Path("/sys/fs"), Path("/proc/sys")):
+        if p.is_dir() and not os.access(p, os.W_OK):
+            return p
+    return None
+
+
+@pytest.mark.skipif(_unwritable() is None, reason="no unwritable folder on this machine")
+def test_an_unwritable_out_dir_is_one_line(tmp_path):
+    out = _unwritable() / "bnstudy-out"
+    r = cli([*FAST, f"out_dir={out}"], cwd=tmp_path)
+    assert r.returncode == 2 and re.search(r"^error: out_dir=.* is not writable; pick another out_dir", first_line(r.stderr)), r.stderr
+
+
+def test_a_mirror_archive_holding_half_a_split_is_named(tmp_path):
+    mirror = tmp_path / "mirror" / "mnist"
+    mirror.mkdir(parents=True)
+    header = (0x803).to_bytes(4, "big") + (60000).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+    for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        with gzip.open(mirror / f"{f}.gz", "wb") as g:
+            g.write(header + bytes(30000 * 784))  # the header promises 60000 images, half are there
+    env = {"BNSTUDY_DATA_MIRROR": str(tmp_path / "mirror"), "BNSTUDY_DATA_DIR": str(tmp_path / "data")}
+    args = ["data=mnist", "data.download=false", "train.steps=2", "train.progress=off", f"out_dir={tmp_path / 'out'}"]
+    for _ in range(2):  # the second start names the same file: nothing prepared from it is kept
+        r = cli(args, cwd=tmp_path, env=env)
+        line = first_line(r.stderr)
+        assert r.returncode == 2 and line.startswith(f"error: {mirror / 'train-images-idx3-ubyte.gz'} is incomplete"), r.stderr
+        assert "restore it" in line
+    assert not list((tmp_path / "out").rglob("seed*"))
+
+
+def test_unnamed_runs_go_to_the_ignored_runs_folder():
+    run = run_dir_of([])
+    assert run.parts[0] == "runs"
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(run / "summary.json")], cwd=ROOT)
+    assert ignored.returncode == 0, "runs/ is not git-ignored"
+    # out_dir is not part of a run's identity: the committed folder names stay as they are
+    assert run.name == run_dir_of(["out_dir=results/elsewhere"]).name
+
+
+# ---------------------------------------------------------------- bnstudy-report
+
+
+def _report(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    code = "import sys; from bnstudy.runs_cli import report; report(sys.argv[1:])"
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_report_out_a_file_is_one_line(results, tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("keep me\n")
+    before = tree(results)
+    r = _report([str(results), "--out", str(f)], cwd=tmp_path)
+    assert r.returncode == 2 and first_line(r.stderr).startswith(f"error: cannot write the report into {f}"), r.stderr
+    assert f.read_text() == "keep me\n" and tree(results) == before
+
+
+@pytest.mark.skipif(_unwritable() is None, reason="no unwritable folder on this machine")
+def test_report_into_an_unwritable_folder_is_one_line(results, tmp_path):
+    out = _unwritable() / "bnstudy-report"
+    r = _report([str(results), "--out", str(out)], cwd=tmp_path)
+    assert r.returncode == 2 and first_line(r.stderr).startswith(f"error: cannot write the report into {out}"), r.stderr
+
+
+# ---------------------------------------------------------------- divergence between evaluations
+
+DIVERGE = ["data=synthetic", "train.threads=1", "train.progress=off", "norm=none", "optim.lr=3000", "sched.warmup=30",
+           "train.steps=30", "train.log_every=10", "train.eval_every=25"]
+
+
+def test_a_run_diverging_between_a_log_and_an_eval_step_settles(tmp_path):
+    from bnstudy.analysis import load_runs
+    from bnstudy.runs import check_run
+
+    args = [*DIVERGE, f"out_dir={tmp_path}"]
+    run = run_dir_of(args)
+    r = cli(args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    s = summary(run)
+    assert s["status"] == "diverged" and 20 < s["diverged_at"] < 25, s  # after a log step, before the evaluation
+    assert check_run(run) == []
+    rows = (run / "metrics.csv").read_text().splitlines()[1:]
+    steps = [int(row.split(",")[0]) for row in rows]
+    assert steps == sorted(steps) and steps[-1] == s["diverged_at"]
+    before = tree(run)
+    again = cli(args, cwd=tmp_path)
+    assert again.returncode == 0 and "skipped" in again.stdout + again.stderr and tree(run) == before
+    runs = load_runs(tmp_path)
+    assert list(runs["status"]) == ["diverged"]
+
+
+# ---------------------------------------------------------------- checkpoints: only this run's, and short messages
+
+
+def _interrupted_checkpoint(overrides: list[str], out: Path) -> Path:
+    """Train the run of ``overrides`` until a Ctrl-C at step 3 (checkpoint at step 2); its checkpoint's path."""
+    cfg = compose([*FAST, "train.steps=6", *overrides, f"out_dir={out}"])
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    run = out / run_name(plain)
+
+    def ctrl_c(state):
+        if state.step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted):
+        train_run(RunConfig.from_dict(plain), run, extra_hooks=[Hook("ctrl_c", 1, ctrl_c)])
+    return run / "checkpoint.pt"
+
+
+FOREIGN = [
+    # (case, overrides of the run that wrote the checkpoint, overrides of the run it is put into)
+    ("another learning rate and seed", ["optim.lr=0.5", "seed=0"], ["optim.lr=0.1", "seed=1"]),
+    ("the same config, another seed", ["seed=0"], ["seed=1"]),
+    ("another architecture", ["model.width=100"], ["model.width=50"]),
+]
+
+
+@pytest.mark.parametrize("case,source,target", FOREIGN, ids=[c[0] for c in FOREIGN])
+def test_a_checkpoint_of_another_run_is_refused(case, source, target, tmp_path, tmp_data):
+    ckpt = _interrupted_checkpoint(source, tmp_path / "src")
+    args = [*FAST, "train.steps=6", *target, f"out_dir={tmp_path / 'out'}"]
+    run = run_dir_of(args)
+    run.mkdir(parents=True)
+    shutil.copy(ckpt, run / "checkpoint.pt")
+    before = record(run)
+    r = cli(args, cwd=tmp_path)
+    line = first_line(r.stderr)
+    assert r.returncode == 2 and line.startswith(f"error: cannot resume from {run / 'checkpoint.pt'}: it belongs to another run"), r.stderr
+    assert line.endswith("; delete it (or run with force=true) to train this run from the start")
+    assert record(run) == before, "the run folder changed"
+
+
+def test_a_truncated_checkpoint_is_one_whole_line(tmp_path, tmp_data):
+    ckpt = _interrupted_checkpoint([], tmp_path / "src")
+    args = [*FAST, "train.steps=6", "model.width=30", f"out_dir={tmp_path / 'out'}"]
+    run = run_dir_of(args)
+    run.mkdir(parents=True)
+    (run / "checkpoint.pt").write_bytes(ckpt.read_bytes()[:5000])
+    before = record(run)
+    r = cli(args, cwd=tmp_path)
+    line = first_line(r.stderr)
+    assert r.returncode == 2 and line.startswith(f"error: cannot resume from {run / 'checkpoint.pt'}: "), r.stderr
+    assert line.endswith("; delete it (or run with force=true) to train this run from the start") and len(line) < 400
+    assert record(run) == before
+
+
+def test_a_checkpoint_without_identity_resumes_only_where_its_own_summary_vouches(tmp_path, tmp_data):
+    ckpt = _interrupted_checkpoint([], tmp_path / "src")
+    old = torch.load(ckpt, weights_only=True)
+    old.pop("identity")
+    torch.save(old, ckpt)  # as written before checkpoints recorded their run
+    args = [*FAST, "train.steps=6", f"out_dir={tmp_path / 'src'}"]
+    r = cli(args, cwd=tmp_path)
+    assert r.returncode == 0 and "resumed" in (ckpt.parent / "train.log").read_text() + r.stdout + r.stderr, r.stderr
+    # the same old checkpoint in a folder without that run's summary: refused
+    stray = _interrupted_checkpoint([], tmp_path / "src2")
+    old2 = torch.load(stray, weights_only=True)
+    old2.pop("identity")
+    (stray.parent / "summary.json").unlink()
+    torch.save(old2, stray)
+    r = cli([*FAST, "train.steps=6", f"out_dir={tmp_path / 'src2'}"], cwd=tmp_path)
+    line = first_line(r.stderr)
+    assert r.returncode == 2 and "written before checkpoints recorded their run" in line, r.stderr
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+LONG = ["data=synthetic", "train.threads=1", "train.progress=off", "train.steps=100000", "train.eval_every=500",
+        "train.log_every=100", "train.checkpoint_every=1000"]
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.Popen([sys.executable, "-m", "bnstudy.train", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_default)
+
+
+def _wait_training(proc: subprocess.Popen, run: Path, rows: int = 4) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "metrics.csv").exists() and len((run / "metrics.csv").read_text().splitlines()) > rows:
+            return
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate()
+    pytest.fail("training did not start in 120 s")
+
+
+@pytest.mark.parametrize("gap", [0.010, 0.015, 0.020])
+def test_two_quick_ctrl_c_report_the_real_step(gap, tmp_path, tmp_data):
+    args = [*LONG, f"out_dir={tmp_path}"]
+    run = run_dir_of(args)
+    proc = _start(args, tmp_path)
+    _wait_training(proc, run)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(gap)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    line = first_line(err)
+    assert proc.returncode == 130 and re.match(r"^interrupted at step (\d+)", line), err
+    s = summary(run)
+    assert s["status"] == "interrupted" and s["step"] == int(re.match(r"^interrupted at step (\d+)", line).group(1)) > 0
+
+
+@pytest.mark.parametrize("delay", [0.2, 1.5])
+def test_ctrl_c_during_start_up_is_one_line_and_leaves_no_folder(delay, tmp_path, tmp_data):
+    proc = _start([*LONG, f"out_dir={tmp_path / 'out'}"], tmp_path)
+    time.sleep(delay)  # imports, composing the config, loading data: before the first step
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    line = first_line(err)
+    if line.startswith("interrupted at step"):
+        pytest.skip("this machine was fast enough to start training first")
+    assert proc.returncode == 130 and line.startswith("interrupted before training began"), err
+    assert not list((tmp_path / "out").rglob("seed*")) if (tmp_path / "out").exists() else True
+
+
+def test_ctrl_c_on_a_forced_run_says_what_the_same_command_does(tmp_path, tmp_data):
+    args = [*LONG, "force=true", f"out_dir={tmp_path}"]
+    run = run_dir_of(args)
+    proc = _start(args, tmp_path)
+    _wait_training(proc, run)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    line = first_line(err)
+    m = re.match(r"^interrupted at step (\d+); force=true trains this run again from step 0: run the command without force=true to resume from step (\d+)$", line)
+    assert proc.returncode == 130 and m and m.group(1) == m.group(2), err
+    step = int(m.group(1))
+    assert summary(run)["status"] == "interrupted"
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == step
+    resumed = _start([a for a in args if a != "force=true"], tmp_path)  # what the line says: resumes there
+    deadline = time.time() + 120
+    log = run / "train.log"
+    while time.time() < deadline and not (log.exists() and "resumed" in log.read_text()):
+        time.sleep(0.05)
+    resumed.send_signal(signal.SIGINT)
+    resumed.communicate(timeout=120)
+    assert f"resumed {run} from step {step}" in log.read_text()
