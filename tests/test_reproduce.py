@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -87,8 +88,8 @@ def test_a_cosine_run_stopped_early_keeps_its_schedule(tmp_path, tmp_data):
 
 
 def test_the_same_seed_picks_the_same_finished_runs():
-    def rec(i: int, status: str = "completed") -> reproduce._FolderRun:
-        return reproduce._FolderRun(f"run{i:02d}/seed0", Path("."), {}, {"status": status})
+    def rec(i: int, status: str = "completed") -> SimpleNamespace:
+        return SimpleNamespace(rel=f"run{i:02d}/seed0", dir=Path("."), config={}, summary={"status": status})
 
     recs = [rec(i) for i in range(20)] + [rec(20, "failed"), rec(21, "running"), rec(22, "diverged")]
     picks = [[r.rel for r in reproduce.sample(recs, 5, seed)] for seed in (0, 0, 1)]
