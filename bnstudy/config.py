@@ -326,4 +326,5 @@ def factors(cfg: RunConfig) -> dict[str, Any]:
         "study": cfg.study,
         # only where it acts: other variants' runs must not split into groups by a key they ignore
         "freeze_after": cfg.norm.freeze_after if cfg.norm.name == "bn_frozen" else None,
+        "zero_init_residual": cfg.model.zero_init_residual if cfg.model.name == "resnet" else None,
     }
