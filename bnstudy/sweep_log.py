@@ -31,7 +31,9 @@ def keep_sweep_record(sweep_dir: Path, before: bytes | None, sweep_id: str | Non
     trained = sweep_id is not None and any(
         (s := read_summary(p.parent)) is not None and s.get("sweep_id") == sweep_id for p in sweep_dir.glob("**/summary.json")
     )
-    for d in sweep_dir.glob("**/seed*"):  # the empty folders Hydra made for skipped jobs (of a packed study)
+    # the empty folders Hydra made for skipped jobs (of a packed study); listed first, since removing
+    # folders while the glob walks them ends the walk with FileNotFoundError
+    for d in sorted(sweep_dir.glob("**/seed*"), reverse=True):
         while d != sweep_dir and d.is_dir() and not any(d.iterdir()):
             d.rmdir()
             d = d.parent

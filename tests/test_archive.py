@@ -182,3 +182,15 @@ def test_report_tells_runs_outside_a_git_checkout_from_runs_before_provenance(tm
     line = _code_lines(tmp_path, runs)[0]
     assert "abc1234 (1 run)" in line and "unknown (1 run: trained before provenance was recorded)" in line
     assert "unknown (1 run: trained outside a git checkout)" in line
+
+
+def test_the_empty_folders_of_skipped_jobs_go_without_breaking_the_walk(tmp_path):
+    """Several configs x seeds of empty job folders (a re-run of a packed study): all removed, no error."""
+    from bnstudy.sweep_log import keep_sweep_record
+
+    for name in ("a-1", "b-2", "c-3"):
+        for seed in range(3):
+            (tmp_path / name / f"seed{seed}").mkdir(parents=True)
+    (tmp_path / "multirun.yaml").write_text("old: record\n")
+    keep_sweep_record(tmp_path, b"old: record\n", sweep_id=None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["multirun.yaml"]
