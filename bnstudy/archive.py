@@ -20,7 +20,6 @@ import csv
 import io
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -156,6 +155,15 @@ def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- records
 
+def _read_dict(path: Path, parse: Any, bad: type[Exception]) -> dict[str, Any] | None:
+    """A run file parsed to a dict, or None when it is absent, unreadable or not a mapping."""
+    try:
+        d = parse(path.read_text())
+    except (OSError, bad):
+        return None
+    return d if isinstance(d, dict) else None
+
+
 class RunRecord:
     """One run, in a folder or in a pack: ``rel`` (path under the root), ``dir`` (its would-be folder), config, summary, metrics()."""
 
@@ -173,22 +181,14 @@ class RunRecord:
     def summary(self) -> dict[str, Any] | None:
         """summary.json's content, or None when absent or unreadable."""
         if self._summary is _UNREAD:
-            try:
-                s = json.loads((self.dir / "summary.json").read_text())
-                self._summary = s if isinstance(s, dict) else None
-            except (OSError, ValueError):
-                self._summary = None
+            self._summary = _read_dict(self.dir / "summary.json", json.loads, ValueError)
         return self._summary
 
     @property
     def config(self) -> dict[str, Any] | None:
         """config.yaml's content, or None when absent or unreadable."""
         if self._config is _UNREAD:
-            try:
-                c = yaml.safe_load((self.dir / "config.yaml").read_text())
-                self._config = c if isinstance(c, dict) else None
-            except (OSError, yaml.YAMLError):
-                self._config = None
+            self._config = _read_dict(self.dir / "config.yaml", yaml.safe_load, yaml.YAMLError)
         return self._config
 
     @property

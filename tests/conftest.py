@@ -55,3 +55,19 @@ def have_real(name: str) -> str | None:
     except DataError as e:
         return f"no {name} source on this machine ({e})"
     return None
+
+
+def resumes_from(proc: subprocess.Popen, run: Path, step: int, timeout: float = 120) -> bool:
+    """Whether ``proc`` (started on ``run``'s command) logs that it resumed ``run`` from ``step``; it is stopped with a
+    Ctrl-C as soon as it says it resumed, or when ``timeout`` passes."""
+    import signal
+    import time
+
+    log = run / "train.log"
+    deadline = time.time() + timeout
+    while time.time() < deadline and not (log.exists() and "resumed" in log.read_text()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    return log.exists() and f"resumed {run} from step {step}" in log.read_text()
+

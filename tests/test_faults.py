@@ -25,7 +25,7 @@ from bnstudy.config import RunConfig, run_name
 from bnstudy.train import Hook, train_run
 from bnstudy.train.loop import Interrupted
 
-from .conftest import ROOT, cli, compose
+from .conftest import ROOT, cli, compose, resumes_from
 
 FAST = ["data=synthetic", "train.threads=1", "train.progress=off", "train.steps=4", "train.eval_every=2", "train.log_every=2", "train.checkpoint_every=2"]
 
@@ -340,10 +340,4 @@ def test_ctrl_c_on_a_forced_run_says_what_the_same_command_does(tmp_path, tmp_da
     assert summary(run)["status"] == "interrupted"
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == step
     resumed = _start([a for a in args if a != "force=true"], tmp_path)  # what the line says: resumes there
-    deadline = time.time() + 120
-    log = run / "train.log"
-    while time.time() < deadline and not (log.exists() and "resumed" in log.read_text()):
-        time.sleep(0.05)
-    resumed.send_signal(signal.SIGINT)
-    resumed.communicate(timeout=120)
-    assert f"resumed {run} from step {step}" in log.read_text()
+    assert resumes_from(resumed, run, step)

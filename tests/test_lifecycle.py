@@ -21,7 +21,7 @@ from bnstudy.errors import ConfigError
 from bnstudy.train import Hook, train_run
 from bnstudy.train.state import Interrupted
 
-from .conftest import ROOT, cli, compose
+from .conftest import ROOT, cli, compose, resumes_from
 
 FAST = ["data=synthetic", "train.progress=off", "train.steps=20", "train.eval_every=10", "train.log_every=10", "train.checkpoint_every=10"]
 
@@ -121,13 +121,7 @@ def test_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path, tmp_data):
     assert s["status"] == "interrupted" and s["step"] == step
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == step  # stopped between two steps
     resumed = subprocess.Popen([sys.executable, "-m", "bnstudy.train", *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **ctrl_c)
-    deadline = time.time() + 60
-    log = run / "train.log"
-    while time.time() < deadline and not (log.exists() and "resumed" in log.read_text()):
-        time.sleep(0.05)
-    resumed.send_signal(signal.SIGINT)
-    resumed.communicate(timeout=120)
-    assert f"resumed {run} from step {step}" in log.read_text()
+    assert resumes_from(resumed, run, step, timeout=60)
 
 
 # ---------------------------------------------------------------- one training per run
