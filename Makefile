@@ -40,14 +40,15 @@ studies: $(STAMP)
 	  $(BIN)/bnstudy-report results/$$s; \
 	done
 
-# tests run in TEST_JOBS processes (pytest-xdist); TEST_JOBS=0 runs them in this one
+# tests run in TEST_JOBS processes (pytest-xdist), a test file in one process (its module-wide fixtures run once);
+# TEST_JOBS=0 runs them in this one
 TEST_JOBS ?= 2
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_JOBS)
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_JOBS) -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile -m "not slow"
 
 # sweeps on a real SLURM: start a single-node cluster on loopback (root, Debian, apt), run the
 # cluster tests, stop the cluster again (by its pid files) whatever the tests' outcome

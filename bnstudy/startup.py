@@ -2,29 +2,46 @@
 
 Only the standard library is imported here. A SIGINT during the imports is held
 until they finish (a KeyboardInterrupt raised inside torch's C++ start-up can
-abort the interpreter), then reported as one line with exit code 130.
+abort the interpreter), then reported as one line with exit code 130. torch
+itself is loaded later, by the first job that trains (:mod:`bnstudy.cli.job`),
+under the same hold.
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 
 from bnstudy.errors import INTERRUPTED_AT_START
 
 
-def main() -> None:
-    """``bnstudy-train`` and ``python -m bnstudy.train``: import the app with Ctrl-C held, then run it."""
+@contextlib.contextmanager
+def sigint_held() -> Iterator[None]:
+    """Hold a Ctrl-C while heavy modules load; raise it as KeyboardInterrupt once they have.
+
+    Only where Python's own handler is installed, in the main thread (elsewhere it is a no-op).
+    """
     pressed: list[int] = []
     hold = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler
     if hold:
         signal.signal(signal.SIGINT, lambda signum, _frame: pressed.append(signum))
     try:
-        from bnstudy.cli import train
+        yield
     finally:
         if hold:
             signal.signal(signal.SIGINT, signal.default_int_handler)
     if pressed:
+        raise KeyboardInterrupt
+
+
+def main() -> None:
+    """``bnstudy-train`` and ``python -m bnstudy.train``: import the app with Ctrl-C held, then run it."""
+    try:
+        with sigint_held():
+            from bnstudy.cli import train
+    except KeyboardInterrupt:
         print(INTERRUPTED_AT_START, file=sys.stderr)
         sys.exit(130)
     train()

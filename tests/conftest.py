@@ -1,12 +1,15 @@
-"""Shared fixtures: isolated data folders, Hydra composition, and a data-source probe."""
+"""Shared fixtures: isolated data folders, Hydra composition, the command (run or started), and a data-source probe."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from . import forked
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,10 +33,21 @@ def compose(overrides: list[str]):
         return hydra_compose(config_name="config", overrides=overrides)
 
 
-def cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m bnstudy.train ARGS`` as a user would, capturing output."""
+def _command_env(env: dict | None) -> dict:
     full_env = {**os.environ, **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
+    return full_env
+
+
+def cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 300, fresh: bool = False) -> subprocess.CompletedProcess:
+    """Run ``python -m bnstudy.train ARGS`` as a user would, capturing output.
+
+    In a child forked from a warm interpreter (:mod:`tests.forked`), unless ``fresh`` or ``env`` sets a variable that
+    acts at start-up: then in a new interpreter.
+    """
+    full_env = _command_env(env)
+    if not fresh and not forked.needs_fresh(full_env):
+        return forked.run(args, cwd, full_env, timeout)
     return subprocess.run(
         [sys.executable, "-m", "bnstudy.train", *args],
         cwd=cwd,
@@ -41,6 +55,21 @@ def cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 30
         capture_output=True,
         text=True,
         timeout=timeout,
+    )
+
+
+def start(args: list[str], cwd: Path, env: dict | None = None, fresh: bool = False):
+    """Start ``python -m bnstudy.train ARGS`` (to signal or kill it); ``.communicate()`` gives its text output.
+
+    Forked as :func:`cli` does, unless ``fresh`` or ``env`` says otherwise. SIGINT acts as in a terminal even where
+    the suite itself was started in the background (which makes children ignore it).
+    """
+    full_env = _command_env(env)
+    if not fresh and not forked.needs_fresh(full_env):
+        return forked.Child(args, cwd, full_env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "bnstudy.train", *args], cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

@@ -31,6 +31,13 @@ def _no_cluster() -> str | None:
     """None when a SLURM controller answers here, else why the tests are skipped."""
     if shutil.which("sinfo") is None:
         return "no SLURM client here (sinfo not found); `make test-cluster` starts a local cluster as root"
+    if shutil.which("scontrol") is not None:  # answers at once where sinfo retries for seconds before it gives up
+        try:
+            ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=15)
+        except subprocess.TimeoutExpired:
+            return "scontrol ping did not answer within 15 s"
+        if " is UP" not in ping.stdout:
+            return f"no SLURM controller answers (scontrol ping: {(ping.stdout or ping.stderr).strip().splitlines()[0][:200]})"
     try:
         r = subprocess.run(["sinfo", "-h", "-o", "%P %a"], capture_output=True, text=True, timeout=15)
     except subprocess.TimeoutExpired:

@@ -43,10 +43,12 @@ def test_experiment_runs(name, tmp_path, tmp_data):
     assert text[1].startswith("# Hypothesis"), "an experiment's second comment states its hypothesis"
     cfg = compose([f"experiment={name}"])
     shape = ["data.channels=3", "data.size=32"] if str(cfg.data.name).startswith("cifar") else []
-    val = ["data.val_size=256"] if cfg.data.val_size else []  # synthetic has 2,048 examples
+    # synthetic at 512 training and 128 test examples (64 held out where the study validates): each split is still evaluated
+    val = ["data.val_size=64"] if cfg.data.val_size else []
+    small = ["data.train_size=512", "data.test_size=128"]
     # full-width studies are heavy on a CPU: a small batch and one precise-statistics batch still run every code path
     light = [f"train.batch_size={min(cfg.train.batch_size, 32)}"] + (["train.precise_bn=1"] if cfg.train.precise_bn else [])
-    cfg = compose([f"experiment={name}", "data.name=synthetic", *shape, *val, *light, f"out_dir={tmp_path}", *SHRINK])
+    cfg = compose([f"experiment={name}", "data.name=synthetic", *shape, *small, *val, *light, f"out_dir={tmp_path}", *SHRINK])
     assert cfg.study == name
     assert run_job(cfg) == "completed"
     assert len(run_dirs(tmp_path)) == 1

@@ -25,7 +25,7 @@ from bnstudy.config import RunConfig, run_name
 from bnstudy.train import Hook, train_run
 from bnstudy.train.loop import Interrupted
 
-from .conftest import ROOT, cli, compose, resumes_from
+from .conftest import ROOT, cli, compose, resumes_from, start
 
 FAST = ["data=synthetic", "train.threads=1", "train.progress=off", "train.steps=4", "train.eval_every=2", "train.log_every=2", "train.checkpoint_every=2"]
 
@@ -54,11 +54,6 @@ def record(run: Path) -> dict[str, str]:
 
 def summary(run: Path) -> dict:
     return json.loads((run / "summary.json").read_text())
-
-
-def _sigint_default() -> None:
-    # a suite started in the background ignores SIGINT, and children inherit that: undo it
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="module")
@@ -281,13 +276,11 @@ LONG = ["data=synthetic", "train.threads=1", "train.progress=off", "train.steps=
         "train.log_every=100", "train.checkpoint_every=1000"]
 
 
-def _start(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.Popen([sys.executable, "-m", "bnstudy.train", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_default)
+def _start(args: list[str], cwd: Path, fresh: bool = False):
+    return start(args, cwd, fresh=fresh)
 
 
-def _wait_training(proc: subprocess.Popen, run: Path, rows: int = 4) -> None:
+def _wait_training(proc, run: Path, rows: int = 4) -> None:
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if (run / "metrics.csv").exists() and len((run / "metrics.csv").read_text().splitlines()) > rows:
@@ -315,7 +308,7 @@ def test_two_quick_ctrl_c_report_the_real_step(gap, tmp_path, tmp_data):
 
 @pytest.mark.parametrize("delay", [0.2, 1.5])
 def test_ctrl_c_during_start_up_is_one_line_and_leaves_no_folder(delay, tmp_path, tmp_data):
-    proc = _start([*LONG, f"out_dir={tmp_path / 'out'}"], tmp_path)
+    proc = _start([*LONG, f"out_dir={tmp_path / 'out'}"], tmp_path, fresh=True)  # a new interpreter: the imports are the point
     time.sleep(delay)  # imports, composing the config, loading data: before the first step
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)

@@ -21,7 +21,7 @@ from bnstudy.errors import ConfigError
 from bnstudy.train import Hook, train_run
 from bnstudy.train.state import Interrupted
 
-from .conftest import ROOT, cli, compose, resumes_from
+from .conftest import ROOT, cli, compose, resumes_from, start
 
 FAST = ["data=synthetic", "train.progress=off", "train.steps=20", "train.eval_every=10", "train.log_every=10", "train.checkpoint_every=10"]
 
@@ -101,10 +101,7 @@ def test_resume_loads_weights_only_and_continues_exactly(tmp_path, tmp_data, cap
 def test_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path, tmp_data):
     args = [*FAST, "train.steps=100000", "train.eval_every=500", "train.log_every=100", "train.checkpoint_every=1000", "train.threads=1", f"out_dir={tmp_path}"]
     run = run_dir_of(args)
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    # a suite started in the background (`cmd &` in a script) ignores SIGINT, and children inherit that: undo it
-    ctrl_c = dict(preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    proc = subprocess.Popen([sys.executable, "-m", "bnstudy.train", *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **ctrl_c)
+    proc = start(args, tmp_path)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if (run / "metrics.csv").exists() and len((run / "metrics.csv").read_text().splitlines()) > 4:
@@ -120,7 +117,7 @@ def test_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path, tmp_data):
     s = summary(run)
     assert s["status"] == "interrupted" and s["step"] == step
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == step  # stopped between two steps
-    resumed = subprocess.Popen([sys.executable, "-m", "bnstudy.train", *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **ctrl_c)
+    resumed = start(args, tmp_path)
     assert resumes_from(resumed, run, step, timeout=60)
 
 
@@ -261,6 +258,21 @@ def test_skipping_a_finished_run_leaves_its_folder_untouched(tmp_path, tmp_data)
     again = cli([*args, "device=cpu", "train.progress=on"], cwd=tmp_path)  # other values that do not change what a run is
     assert again.returncode == 0 and again.stdout.count("skipped") == 2
     assert {r: folder_state(r) for r in runs} == before
+
+
+def test_a_command_that_skips_or_rejects_its_input_never_loads_torch(tmp_path, tmp_data):
+    """torch is imported by the first job that trains: a re-run of a finished sweep, or a bad value, starts in well
+    under a second instead of the ~3 s torch and torch._dynamo take to import."""
+    args = ["-m", *FAST, "norm=bn,affine", f"out_dir={tmp_path}"]
+    assert cli(args, cwd=tmp_path).returncode == 0
+    probe = "import sys\nfrom bnstudy.startup import main\ntry:\n    main()\nfinally:\n    print('torch loaded:', 'torch' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    for extra, code in (([], 0), (["train.steps=abc"], 2), (["seed=1", "train.steps=abc"], 2)):
+        r = subprocess.run([sys.executable, "-c", probe, *args, *extra], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == code and r.stdout.count("skipped") == (2 if code == 0 else 0), r.stdout + r.stderr
+        assert r.stdout.strip().endswith("torch loaded: False"), r.stdout + r.stderr
+    trains = subprocess.run([sys.executable, "-c", probe, *args, "seed=1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert trains.returncode == 0 and trains.stdout.strip().endswith("torch loaded: True"), trains.stdout + trains.stderr
 
 
 # ---------------------------------------------------------------- messages

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from .conftest import ROOT, cli, compose, have_real
+from .conftest import ROOT, cli, compose, have_real, start
 
 FAST = ["data=synthetic", "train.progress=off", "train.steps=20", "train.eval_every=10", "train.log_every=10"]
 
@@ -54,11 +54,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, tmp_data):
     ]
     ref = cli([*args, f"out_dir={tmp_path / 'ref'}"], cwd=tmp_path)
     assert ref.returncode == 0, ref.stderr
-    env = {**os.environ, "BNSTUDY_DATA_DIR": os.environ["BNSTUDY_DATA_DIR"]}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bnstudy.train", *args, f"out_dir={tmp_path / 'cut'}"],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    proc = start([*args, f"out_dir={tmp_path / 'cut'}"], tmp_path)
     deadline = time.time() + 240
     metrics = None
     while time.time() < deadline and proc.poll() is None:

@@ -17,7 +17,7 @@ from bnstudy.cli.job import run_job
 from bnstudy.cli.skip import remove_if_empty
 from bnstudy.cli.sweep import SweepCallback
 from bnstudy.errors import INTERRUPTED_AT_START, BnstudyError, causes, no_space
-from bnstudy.train import Interrupted
+from bnstudy.train.stops import Interrupted
 
 log = logging.getLogger("bnstudy")
 

@@ -8,14 +8,15 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from bnstudy import devices, threads
+from bnstudy import threads
 from bnstudy.cli.signals import CTRL_C, ctrl_c_stops, requeue, stop_on_job_signals
 from bnstudy.cli.skip import remove_if_empty, run_log_files, skip
 from bnstudy.cli.sweep import SWEEP_ENV, launcher_share
 from bnstudy.checks import check_values
 from bnstudy.config import RunConfig, run_name
 from bnstudy.runs import RunLock, atomic_write_text
-from bnstudy.train import Interrupted, StopRequest, train_run, validate
+from bnstudy.startup import sigint_held
+from bnstudy.train.stops import Interrupted, StopRequest
 
 log = logging.getLogger("bnstudy")
 
@@ -41,6 +42,12 @@ def run_job(cfg: DictConfig) -> str:
     done = skip(run_dir, rcfg)
     if done:
         return done
+    # torch is loaded here, by a job that trains, not by one that skips (a re-run of a finished study); a Ctrl-C
+    # meanwhile waits for the import to finish (inside torch's C++ start-up it could abort the interpreter)
+    with sigint_held():
+        from bnstudy import devices
+        from bnstudy.train import train_run, validate
+
     validate(rcfg)  # before the lock and any file of ours: bad input leaves nothing behind
     threads.share_cores(*launcher_share())  # the default thread policy divides the cores between parallel jobs
     if devices.out_of_time():  # a lease's budget ended before this job began: leave its run for the next sweep

@@ -8,7 +8,7 @@ import signal
 import threading
 from typing import Any, Iterator
 
-from bnstudy.train import StopRequest
+from bnstudy.train.stops import StopRequest
 
 log = logging.getLogger("bnstudy")
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -104,6 +105,10 @@ def remove_if_empty(run_dir: Path) -> None:
     if not run_dir.is_dir() or (run_dir / "summary.json").exists():
         return
     if {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log", ".lock"}:
+        root = logging.getLogger()
+        for h in [h for h in root.handlers if isinstance(h, RunLogFile) and Path(h.baseFilename).parent == Path(os.path.abspath(run_dir))]:
+            root.removeHandler(h)  # a later record (torch logs at exit) would write into a folder that is gone
+            h.close()
         shutil.rmtree(run_dir, ignore_errors=True)
         with contextlib.suppress(OSError):
             run_dir.parent.rmdir()  # only if no other seed lives there

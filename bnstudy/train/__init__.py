@@ -12,14 +12,15 @@ if TYPE_CHECKING:
     from bnstudy.train.build import resolve_device, validate
     from bnstudy.train.hooks import evaluate
     from bnstudy.train.loop import config_hooks, train_run
-    from bnstudy.train.state import Diverged, Hook, Interrupted, State, StopRequest
+    from bnstudy.train.state import Hook, State
+    from bnstudy.train.stops import Diverged, Interrupted, StopRequest
 
 __all__ = [
     "Diverged", "Hook", "Interrupted", "State", "StopRequest", "config_hooks", "evaluate", "resolve_device", "train_run", "validate",
 ]
 _WHERE = {
     "resolve_device": "build", "validate": "build", "evaluate": "hooks", "config_hooks": "loop", "train_run": "loop",
-    "Diverged": "state", "Hook": "state", "Interrupted": "state", "State": "state", "StopRequest": "state",
+    "Diverged": "stops", "Hook": "state", "Interrupted": "stops", "State": "state", "StopRequest": "stops",
 }
 
 
