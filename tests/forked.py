@@ -80,8 +80,9 @@ class Child:
 
     def __init__(self, args: list[str], cwd: Path, env: dict[str, str]):
         self.args = args
-        self._dir = tempfile.mkdtemp(prefix="bnstudy-cli-")
-        self._out, self._err = os.path.join(self._dir, "stdout"), os.path.join(self._dir, "stderr")
+        self._dir = tempfile.TemporaryDirectory(prefix="bnstudy-cli-")  # removed with this object
+        self._out, self._err = os.path.join(self._dir.name, "stdout"), os.path.join(self._dir.name, "stderr")
+        self._texts: tuple[str, str] | None = None
         self._proc = _fork_context().Process(target=_main, args=(args, str(cwd), env, self._out, self._err))
         self._proc.start()
         self.pid = self._proc.pid
@@ -108,11 +109,10 @@ class Child:
 
     def communicate(self, timeout: float | None = None) -> tuple[str, str]:
         self.wait(timeout)
-        texts = tuple(Path(p).read_text(errors="replace") for p in (self._out, self._err))
-        for p in (self._out, self._err):
-            Path(p).unlink(missing_ok=True)
-        os.rmdir(self._dir)
-        return texts  # type: ignore[return-value]
+        if self._texts is None:
+            out, err = (Path(p).read_text(errors="replace") for p in (self._out, self._err))
+            self._texts = (out, err)
+        return self._texts
 
 
 def run(args: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
