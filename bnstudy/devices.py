@@ -28,7 +28,7 @@ import torch
 from bnstudy.errors import ConfigError
 
 if TYPE_CHECKING:
-    from bnstudy.train.state import StopRequest
+    from bnstudy.train.stops import StopRequest
 
 log = logging.getLogger("bnstudy")
 

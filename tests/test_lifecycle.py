@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from bnstudy.config import RunConfig, run_name
 from bnstudy.errors import ConfigError
 from bnstudy.train import Hook, train_run
-from bnstudy.train.state import Interrupted
+from bnstudy.train.stops import Interrupted
 
 from .conftest import ROOT, cli, compose, resumes_from, start
 

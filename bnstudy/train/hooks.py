@@ -12,7 +12,8 @@ from torch import nn
 from bnstudy.config import RunConfig
 from bnstudy.runs import write_json
 from bnstudy.train.checkpoint import save_checkpoint
-from bnstudy.train.state import Diverged, State
+from bnstudy.train.state import State
+from bnstudy.train.stops import Diverged
 
 
 def log_hook(state: State) -> None:

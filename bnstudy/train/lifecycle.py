@@ -24,7 +24,8 @@ from bnstudy.runs import MetricsLog, atomic_write_text, checksums, read_summary,
 from bnstudy.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from bnstudy.train.hooks import eval_hook
 from bnstudy.train.precise_bn import precise_bn_hook
-from bnstudy.train.state import Diverged, Interrupted, State
+from bnstudy.train.state import State
+from bnstudy.train.stops import Diverged, Interrupted
 
 log = logging.getLogger("bnstudy")
 

@@ -26,7 +26,8 @@ from bnstudy.train.hooks import check_divergence, checkpoint_hook, eval_hook, lo
 from bnstudy.train.lifecycle import RunFolder
 from bnstudy.train.precise_bn import precise_bn_hook
 from bnstudy.train.probes import probe_hook
-from bnstudy.train.state import Hook, Interrupted, State, StopRequest
+from bnstudy.train.state import Hook, State
+from bnstudy.train.stops import Interrupted, StopRequest
 
 log = logging.getLogger("bnstudy")
 

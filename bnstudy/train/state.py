@@ -1,5 +1,5 @@
-"""What a run carries between steps (:class:`State`) and the hooks that read it; the ways a run stops early are in
-:mod:`bnstudy.train.stops` (free of torch) and named here too."""
+"""What a run carries between steps (:class:`State`) and the hooks that read it (the ways a run stops early are in
+:mod:`bnstudy.train.stops`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -13,9 +13,6 @@ from bnstudy import data as data_lib
 from bnstudy.config import RunConfig
 from bnstudy.runs import MetricsLog
 from bnstudy.train.build import Batches
-from bnstudy.train.stops import Diverged, Interrupted, StopRequest
-
-__all__ = ["Diverged", "Hook", "Interrupted", "State", "StopRequest"]
 
 
 @dataclass
