@@ -1,10 +1,12 @@
 """Shared fixtures: isolated data folders, Hydra composition, the command (run or started), and a data-source probe."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,18 @@ def compose(overrides: list[str]):
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=overrides)
+
+
+@contextlib.contextmanager
+def private_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """For a module-wide fixture (``tmp_data`` is per test): a private prepared-data folder while the block runs."""
+    mp = pytest.MonkeyPatch()
+    d = tmp_path_factory.mktemp("data")
+    mp.setenv("BNSTUDY_DATA_DIR", str(d))
+    try:
+        yield d
+    finally:
+        mp.undo()
 
 
 def _command_env(env: dict | None) -> dict:

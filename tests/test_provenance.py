@@ -16,7 +16,7 @@ from bnstudy.provenance import UNKNOWN, current_code, git_state, stale_files
 from bnstudy.runs import check_run
 from bnstudy.train import train_run
 
-from .conftest import ROOT, cli, have_real
+from .conftest import ROOT, cli, have_real, private_data
 from .test_report import tiny
 
 FAST = ["data=synthetic", "train.progress=off", "train.steps=20", "train.eval_every=10", "train.log_every=10"]
@@ -174,12 +174,8 @@ DAMAGE = {
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("BNSTUDY_DATA_DIR", str(tmp_path_factory.mktemp("data")))
-    try:
+    with private_data(tmp_path_factory):
         return train(tmp_path_factory.mktemp("trained"))
-    finally:
-        mp.undo()
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))

@@ -13,6 +13,8 @@ from bnstudy.analysis.report import main
 from bnstudy.config import RunConfig
 from bnstudy.train import train_run
 
+from .conftest import private_data
+
 NORMS = ("bn", "affine", "none")
 
 
@@ -35,14 +37,10 @@ def tiny(norm: str = "bn", seed: int = 0, study: str = "tiny") -> RunConfig:
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("sweep")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("BNSTUDY_DATA_DIR", str(tmp_path_factory.mktemp("data")))
-    try:
+    with private_data(tmp_path_factory):
         for norm in NORMS:
             for seed in (0, 1):
                 train_run(tiny(norm, seed), root / f"synthetic-mlp-{norm}" / f"seed{seed}")
-    finally:
-        mp.undo()
     # what Hydra leaves at the top of a sweep folder (abridged)
     (root / "multirun.yaml").write_text(
         "hydra:\n  overrides:\n    task:\n    - norm=bn,affine,none\n    - seed=0,1\n    - data=synthetic\n  job:\n    name: train\n"
@@ -195,17 +193,13 @@ MECHANISM_FIGURES = ("unit_percentiles_bn", "unit_percentiles_affine", "landscap
 def probed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """bn and affine at two rates, two seeds, trained here with every probe on (landscape included)."""
     root = tmp_path_factory.mktemp("probed")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("BNSTUDY_DATA_DIR", str(tmp_path_factory.mktemp("data")))
-    try:
+    with private_data(tmp_path_factory):
         for norm in ("bn", "affine"):
             for lr in (0.1, 0.5):
                 for seed in (0, 1):
                     cfg = tiny(norm, seed)
                     cfg.optim.lr, cfg.probe.every, cfg.probe.batch_size, cfg.probe.landscape = lr, 10, 64, True
                     train_run(cfg, root / f"synthetic-mlp-{norm}-lr{lr}" / f"seed{seed}")
-    finally:
-        mp.undo()
     return root
 
 

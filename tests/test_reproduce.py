@@ -14,6 +14,8 @@ from bnstudy.config import RunConfig, run_name
 from bnstudy.runs_cli import runs
 from bnstudy.train import train_run
 
+from .conftest import private_data
+
 from .test_provenance import call
 from .test_report import tiny
 
@@ -35,15 +37,11 @@ def _cosine(steps: int = 40) -> RunConfig:
 def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two finished tiny runs: plain BN, and BN with probes and precise statistics (every kind of row)."""
     root = tmp_path_factory.mktemp("study")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("BNSTUDY_DATA_DIR", str(tmp_path_factory.mktemp("data")))
-    try:
+    with private_data(tmp_path_factory):
         _train(root, tiny("bn", seed=0))
         rich = tiny("bn", seed=1)
         rich.probe.every, rich.train.precise_bn = 10, 2
         _train(root, rich)
-    finally:
-        mp.undo()
     return root
 
 
