@@ -15,7 +15,6 @@ from bnstudy.runs_cli import runs
 from bnstudy.train import train_run
 
 from .conftest import private_data
-
 from .test_provenance import call
 from .test_report import tiny
 
