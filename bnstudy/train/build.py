@@ -17,6 +17,7 @@ from bnstudy.errors import ConfigError
 from bnstudy.models import MODELS, POOLS, activation, build_model, count_params
 from bnstudy.models.init import check as check_init
 from bnstudy.norm import variant
+from bnstudy.train import precision
 
 
 def resolve_device(name: str) -> torch.device:
@@ -68,7 +69,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(
             f"train.batch_size={t.batch_size} is larger than the {n_train} training examples of {cfg.data.name}; lower it"
         )
-    resolve_device(cfg.device)
+    precision.check(cfg, resolve_device(cfg.device))  # bf16 autocast only where the device computes bf16 itself
 
 
 # ---------------------------------------------------------------- optimizers and schedules
@@ -171,7 +172,7 @@ def build(cfg: RunConfig) -> Built:
 
     seed_everything(cfg.seed)
     model = build_model(cfg.model, cfg.norm, data.shape, data.num_classes).to(device)
-    if cfg.train.channels_last and cfg.model.name != "mlp":
+    if precision.channels_last(cfg):
         model = model.to(memory_format=torch.channels_last)
     params = count_params(model)
     optimizer = OPTIMIZERS[cfg.optim.name](model.parameters(), cfg.optim)

@@ -11,6 +11,7 @@ from torch import nn
 
 from bnstudy.config import RunConfig
 from bnstudy.runs import write_json
+from bnstudy.train import precision
 from bnstudy.train.checkpoint import save_checkpoint
 from bnstudy.train.state import State
 from bnstudy.train.stops import Diverged
@@ -75,8 +76,8 @@ def eval_splits(state: State) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
 
 
 def use_amp(state: State) -> bool:
-    """Whether forward passes run under bf16 autocast (``train.amp``, on CUDA only)."""
-    return state.cfg.train.amp and state.device.type == "cuda"
+    """Whether forward passes run under bf16 autocast (``train.amp``, on any device)."""
+    return precision.enabled(state.cfg)
 
 
 def eval_hook(state: State) -> None:

@@ -21,6 +21,7 @@ from bnstudy.config import factors
 from bnstudy.errors import no_space
 from bnstudy.provenance import provenance
 from bnstudy.runs import MetricsLog, atomic_write_text, checksums, read_summary, write_json
+from bnstudy.train import precision
 from bnstudy.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from bnstudy.train.hooks import eval_hook
 from bnstudy.train.precise_bn import precise_bn_hook
@@ -51,7 +52,8 @@ def summary(state: State, status: str, params: int, started: float, **more: Any)
         "factors": factors(state.cfg),
         "run": f"{state.run_dir.parent.name}/{state.run_dir.name}",
         "device": str(state.device),
-        "provenance": provenance(state.device, threads.why()),  # code and machine: what `bnstudy-runs --stale` compares
+        # code and machine: what `bnstudy-runs --stale` compares; and the precision and memory format computed in
+        "provenance": {**provenance(state.device, threads.why()), **precision.record(state.cfg)},
         "updated": time.time(),
         "started": started,
         **more,

@@ -24,6 +24,7 @@ from bnstudy.config import RunConfig
 from bnstudy.train.build import build, validate
 from bnstudy.train.hooks import check_divergence, checkpoint_hook, eval_hook, log_hook, progress_bar, progress_line
 from bnstudy.train.lifecycle import RunFolder
+from bnstudy.train import precision
 from bnstudy.train.precise_bn import precise_bn_hook
 from bnstudy.train.probes import probe_hook
 from bnstudy.train.state import Hook, State
@@ -74,8 +75,7 @@ def _loop(state: State, hooks: list[Hook], stop: StopRequest | None = None) -> N
     cfg, model, opt = state.cfg, state.model, state.optimizer
     x_all, y_all = state.data.train_x, state.data.train_y
     steps, augment = cfg.train.steps, cfg.data.augment
-    channels_last = cfg.train.channels_last and cfg.model.name != "mlp"
-    amp = cfg.train.amp and state.device.type == "cuda"
+    channels_last = precision.channels_last(cfg)
     sched = state.scheduler
     model.train()
 
@@ -97,10 +97,7 @@ def _loop(state: State, hooks: list[Hook], stop: StopRequest | None = None) -> N
                 x = data_lib.augment(x)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            if amp:
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    loss = F.cross_entropy(model(x), y)
-            else:
+            with precision.autocast(cfg, state.device):  # bf16 under train.amp, on a GPU or a CPU
                 loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from bnstudy.norm import kind, norm_modules
+from bnstudy.train import precision
 from bnstudy.train.hooks import eval_splits, evaluate, use_amp
 from bnstudy.train.snapshot import preserved
 from bnstudy.train.state import State
@@ -55,7 +56,8 @@ def precise_bn_hook(state: State) -> None:
     rows = []
     splits = eval_splits(state)
     with preserved(state.model):
-        recompute_running_stats(state.model, state.data.train_x, t.precise_bn, t.batch_size, state.cfg.seed)
+        with precision.autocast(state.cfg, state.device):  # the statistics training would see
+            recompute_running_stats(state.model, state.data.train_x, t.precise_bn, t.batch_size, state.cfg.seed)
         for split, x, y in splits:
             loss, acc = evaluate(state.model, x, y, t.eval_batch_size, use_amp(state))
             rows += [(split, "precise_loss", loss), (split, "precise_acc", acc)]

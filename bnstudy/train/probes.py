@@ -83,6 +83,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnstudy.norm import kind, norm_modules
+from bnstudy.train import precision
 from bnstudy.train.snapshot import preserved
 from bnstudy.train.state import State
 
@@ -99,10 +100,11 @@ PREV_WEIGHTS = "probe/weights"  # state.extra key: {"step": t, "weights": {"laye
 def probe_hook(state: State) -> None:
     """Write the activation and weight probe (and, if configured, the landscape probe) rows for this step."""
     model = getattr(state.model, "_orig_mod", state.model)  # probe the eager module, never a compiled graph
-    rows, feeders = _activation_pass(state, model)
-    rows += weight_probe(state, feeders)
-    if state.cfg.probe.landscape:
-        rows += landscape_probe(state, model)
+    with precision.autocast(state.cfg, state.device):  # the forward passes in the precision training uses
+        rows, feeders = _activation_pass(state, model)
+        rows += weight_probe(state, feeders)
+        if state.cfg.probe.landscape:
+            rows += landscape_probe(state, model)
     state.log.write(state.step, rows, state.train_seconds)
 
 

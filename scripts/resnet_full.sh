@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The resnet_full ladder on a CPU (experiments/resnet_full.yaml), JOBS runs at a time, each with train.threads=1:
+#   bash scripts/resnet_full.sh select     # 1. each setting's rate at 10 epochs, on validation (15 runs)
+#   bash scripts/resnet_full.sh mid        # 2. 10 epochs, 3 seeds at each setting's chosen rate (15 runs)
+#   bash scripts/resnet_full.sh full       # 3. 30 epochs, 3 seeds at the rates chosen at 10 epochs (9 runs)
+#   bash scripts/resnet_full.sh all        # the three in order
+# Resumable: every run is one bnstudy-train command, so a finished run is skipped and an interrupted one resumes
+# from its checkpoint; run the same line again to continue. mid and full read the chosen rates from the runs of
+# select and refuse to start while one of its settings has no finished run or its best rate sits at the grid's edge.
+# Meant for the background: nohup bash scripts/resnet_full.sh all > resnet_full.log 2>&1 &
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-.venv/bin}
+JOBS=${JOBS:-2}
+STAGE=${1:-}
+COMMON="experiment=resnet_full train.threads=1 train.progress=off"
+
+# setting (overrides) | rate grid; the order is the order they train in
+SETTINGS=(
+  "norm=bn|0.05 0.1 0.2"
+  "norm=affine model.zero_init_residual=true|0.025 0.05 0.1"
+  "norm=none model.zero_init_residual=true|0.025 0.05 0.1"
+  "norm=affine|0.0025 0.005 0.01"
+  "norm=none|0.0025 0.005 0.01"
+)
+# the settings of the full rung (the zero-initialised branches stand for affine and none there)
+FULL=(0 1 2)
+
+run_queue() {  # one bnstudy-train -m per line of stdin, JOBS at a time; exit 1 if any failed
+  xargs -P "$JOBS" -I{} -d '\n' bash -c "$BIN/bnstudy-train -m $COMMON {}"
+}
+
+select_cmds() {
+  for s in "${SETTINGS[@]}"; do
+    for lr in ${s#*|}; do echo "${s%%|*} optim.lr=$lr"; done
+  done
+}
+
+chosen_rate() {  # the chosen rate of one setting, from the select runs; one line on stderr and exit 1 when there is none
+  "$BIN/python" - "$1" <<'EOF'
+import sys
+from bnstudy.analysis import choose_rates, load_runs
+
+overrides = dict(kv.split("=", 1) for kv in sys.argv[1].split())
+runs = load_runs("results/resnet_full/select")
+runs = runs[runs["norm"] == overrides["norm"]]
+zero = overrides.get("model.zero_init_residual", "false") == "true"
+runs = runs[runs["zero_init_residual"].fillna(False).astype(bool) == zero]
+if runs.empty or not runs["status"].isin(["completed", "diverged"]).all():
+    sys.exit(f"resnet_full: the rate choice of '{sys.argv[1]}' is not finished; run: bash scripts/resnet_full.sh select")
+if (runs["status"] == "diverged").all():
+    print("diverged")  # at every rate of its grid: a finding of the rate choice, nothing to train further
+    sys.exit()
+choice = choose_rates(runs, by=["norm", "lr"])
+lr = float(choice["lr"].iloc[0])
+grid = sorted(runs["lr"].unique())
+if lr in (grid[0], grid[-1]):
+    sys.exit(f"resnet_full: '{sys.argv[1]}' chose lr={lr:g}, the edge of its grid {grid}; add the next rate beyond it to SETTINGS and run select first")
+print(f"{lr:g}")
+EOF
+}
+
+rung_cmds() {  # $1: mid | full
+  local idx=("${!SETTINGS[@]}") extra=""
+  if [ "$1" = full ]; then idx=("${FULL[@]}"); extra="train.steps=11700 train.eval_every=1170"; fi
+  for i in "${idx[@]}"; do
+    local s=${SETTINGS[$i]%%|*} lr
+    lr=$(chosen_rate "$s") || exit 1
+    if [ "$lr" = diverged ]; then echo "resnet_full: '$s' diverged at every rate of select; not trained in $1" >&2; continue; fi
+    for seed in 0 1 2; do echo "$s optim.lr=$lr data.val_size=0 seed=$seed $extra out_dir=results/resnet_full/$1"; done
+  done
+}
+
+case "$STAGE" in
+  select) select_cmds | run_queue ;;
+  mid | full) cmds=$(rung_cmds "$STAGE") && printf '%s\n' "$cmds" | run_queue ;;
+  all) "$0" select && "$0" mid && "$0" full ;;
+  *) echo "usage: bash scripts/resnet_full.sh select|mid|full|all (JOBS=$JOBS runs at a time)" >&2; exit 2 ;;
+esac
