@@ -112,3 +112,21 @@ def test_busy_case_neighbour_and_fresh_process_runs(tmp_data):
     assert new["threads"] == 1 and "too small to split" in new["why"] and "PASSIVE" in new["why"]
     old = busy.train_once("old default", args)
     assert "actively" in old["why"] and old["step"] == 2
+
+
+def test_precision_case_quick_path_on_a_small_resnet(tmp_data, tmp_path, monkeypatch):
+    from bnstudy.bench import full, precision
+
+    # the precision case's code path on a ResNet-8 of width 4 (seconds on a CPU): fp32, bf16, bf16 + channels_last,
+    # each against the bare loop and against fp32; bf16 rows only where the CPU computes bf16 itself
+    monkeypatch.setitem(full.FULL, "resnet", ["model=resnet", "model.depth=8", "model.width=4"])
+    opts = bench.Options(quick=True, norms=["bn", "none"], steps=1, repeats=1, data="synthetic", cases={"precision"})
+    rows, checks = precision.bench_precision(opts, tmp_path, torch.device("cpu"), 1)
+    native = precision.unsupported(torch.device("cpu")) is None
+    settings = ["fp32", "bf16", "bf16+channels_last"] if native else ["fp32"]
+    assert [(r["norm"], r["setting"]) for r in rows] == [(n, s) for n in ("bn", "none") for s in settings]
+    assert all(r["ips_bnstudy"] > 0 and r["ips_bare"] > 0 for r in rows)
+    assert [r["speedup"] for r in rows if r["setting"] == "fp32"] == [1.0, 1.0]
+    names = {c.name for c in checks}
+    assert "precision a/b" in names and (("bf16+channels_last / fp32" in names) == native)
+    assert checks[0].value == min(r["ratio_a_b"] for r in rows)

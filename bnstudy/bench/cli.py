@@ -12,8 +12,8 @@ import torch
 
 from bnstudy.bench.common import CASES, QUICK_MODELS, Check, Options, load_avg, log
 
-CASE_NAMES = ("speed", "busy", "full")
-DESCRIPTION = "how fast is bnstudy's training path, and where does the time outside it go? (cases: speed, busy, full)"
+CASE_NAMES = ("speed", "busy", "full", "precision")
+DESCRIPTION = "how fast is bnstudy's training path, and where does the time outside it go? (cases: speed, busy, full, precision)"
 
 
 def parse(argv: list[str] | None = None) -> Options:
@@ -63,7 +63,7 @@ def parse(argv: list[str] | None = None) -> Options:
 
 def run(opts: Options) -> tuple[list[dict[str, Any]], list[Check]]:
     """Measure every case ``opts`` asks for; write its files; print the results. Returns the speed rows and all checks."""
-    from bnstudy.bench import busy, extras, full, output
+    from bnstudy.bench import busy, extras, full, output, precision
     from bnstudy.bench.contenders import bench_contenders
     from bnstudy.train import resolve_device
 
@@ -78,6 +78,7 @@ def run(opts: Options) -> tuple[list[dict[str, Any]], list[Check]]:
     rows: list[dict[str, Any]] = []
     busy_rows: list[dict] = []
     full_rows: list[dict] = []
+    precision_rows: list[dict] = []
     notes: list[str] = []
     written = []
     with tempfile.TemporaryDirectory(prefix="bnstudy-bench-") as td:
@@ -108,6 +109,13 @@ def run(opts: Options) -> tuple[list[dict[str, Any]], list[Check]]:
 
             pd.DataFrame(full_rows).to_csv(opts.out / "full.csv", index=False)
             written.append("full.csv")
+        if "precision" in opts.cases:
+            precision_rows, precision_checks = precision.bench_precision(opts, tmp, device, threads)
+            checks += precision_checks
+            import pandas as pd
+
+            pd.DataFrame(precision_rows).to_csv(opts.out / "precision.csv", index=False)
+            written.append("precision.csv")
     output.write_csv(rows, checks, opts.out)
     written.append("checks.csv")
 
@@ -126,6 +134,8 @@ def run(opts: Options) -> tuple[list[dict[str, Any]], list[Check]]:
         busy.print_busy(busy_rows)
     if full_rows:
         full.print_full(full_rows)
+    if precision_rows:
+        precision.print_precision(precision_rows)
     print("\ntargets (printed, not asserted)")
     for c in checks:
         print(c.line())

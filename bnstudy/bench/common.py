@@ -54,6 +54,9 @@ TARGETS = {
     # full width (bnstudy.bench.full)
     "resnet x8 concurrent / x1": (3.0, ">="),
 }
+# CPU precision (bnstudy.bench.precision): bnstudy against the bare loop in every row; bf16 + channels_last against fp32
+TARGETS["precision a/b"] = (0.9, ">=")
+TARGETS["bf16+channels_last / fp32"] = (1.8, ">=")
 for _m in ("resnet", "vgg"):
     TARGETS[f"{_m} full a/b"] = (0.9, ">=")
 
@@ -116,7 +119,7 @@ class Options:
     threads: int = 0  # 0: torch.get_num_threads()
     optim: str = "sgd"
     skip: set[str] = field(default_factory=set)
-    cases: set[str] = field(default_factory=lambda: {"speed"})  # speed | busy | full
+    cases: set[str] = field(default_factory=lambda: {"speed"})  # speed | busy | full | precision
     peak_tflops: float | None = None
     concurrent: list[int] = field(default_factory=lambda: [1, 4, 8])
 

@@ -47,7 +47,7 @@ def bare_loop(cfg: RunConfig, model: torch.nn.Module, opt: torch.optim.Optimizer
     """randperm indexing, forward, loss, backward, step: nothing else (bf16 autocast and channels_last as configured)."""
     n, bs, steps = x_all.shape[0], cfg.train.batch_size, cfg.train.steps
     channels_last = cfg.train.channels_last and x_all.dim() == 4 and cfg.model.name != "mlp"
-    amp = cfg.train.amp and device.type == "cuda"
+    amp = cfg.train.amp  # bf16 autocast on any device, as train_run does
     sync(device)
     t0 = time.perf_counter()
     perm, pos = torch.randperm(n, device=device), 0
