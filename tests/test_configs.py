@@ -2,9 +2,13 @@
 from pathlib import Path
 
 import pytest
+import torch
+
+import torch
 
 from bnstudy.cli import run_job
 from bnstudy.runs import read_summary
+from bnstudy.train import precision
 
 from .conftest import ROOT, compose
 
@@ -48,6 +52,8 @@ def test_experiment_runs(name, tmp_path, tmp_data):
     small = ["data.train_size=512", "data.test_size=128"]
     # full-width studies are heavy on a CPU: a small batch and one precise-statistics batch still run every code path
     light = [f"train.batch_size={min(cfg.train.batch_size, 32)}"] + (["train.precise_bn=1"] if cfg.train.precise_bn else [])
+    if cfg.train.amp and precision.cpu_bf16() is not None and not torch.cuda.is_available():
+        light.append("train.amp=false")  # refused on a CPU that would emulate bf16 (tests/test_precision.py)
     cfg = compose([f"experiment={name}", "data.name=synthetic", *shape, *small, *val, *light, f"out_dir={tmp_path}", *SHRINK])
     assert cfg.study == name
     assert run_job(cfg) == "completed"
