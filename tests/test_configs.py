@@ -4,8 +4,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import torch
-
 from bnstudy.cli import run_job
 from bnstudy.runs import read_summary
 from bnstudy.train import precision
