@@ -16,8 +16,9 @@ needs to know asks its entry (:func:`variant`), never a list of names:
   axis when a variant both centers and scales over it, else None;
 - ``running_stats``: it evaluates with running statistics (``running_mean``,
   ``running_var``, or only the one it uses) that training updates with its
-  ``momentum``, as torch's BatchNorm does; precise BN (``train.precise_bn``) recomputes them, and only for these variants
-  is ``train.precise_bn`` part of a run's identity. A module whose statistics have
+  ``momentum``, as torch's BatchNorm does; precise BN (``train.precise_bn``)
+  recomputes them, and only for these variants is ``train.precise_bn`` part of a
+  run's identity. A module whose statistics have
   stopped updating (``bn_frozen`` once frozen) says so with a true ``frozen`` attribute;
 - ``color``: its colour in every figure (None: a stable colour picked from its name).
 """

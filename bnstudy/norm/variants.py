@@ -76,6 +76,11 @@ def batchnorm_noaffine(num_features: int, dim: int, cfg: NormConfig) -> nn.Modul
     return cls(num_features, eps=cfg.eps, momentum=cfg.momentum, affine=False)
 
 
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    # statistics in at least float32, as torch's BN takes them, also from bf16 activations under autocast
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _track(running: torch.Tensor, batch_stat: torch.Tensor, momentum: float) -> None:
     # BN's update of one running statistic; precise BN sets ``momentum`` to 1/k to average k batches
     with torch.no_grad():
@@ -114,11 +119,14 @@ class BatchCenter(_AffineAfter):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
-            mu = x.mean(_reduce_dims(self.dim))  # (C,)
+            mu = _wide(x).mean(_reduce_dims(self.dim))  # (C,)
             _track(self.running_mean, mu, self.momentum)
         else:
             mu = self.running_mean
         return torch.addcmul(_per_channel(self.bias, x), _per_channel(self.weight, x), x - _per_channel(mu, x))
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.numel()}, momentum={self.momentum}"  # no ε: nothing is divided
 
 
 @register("bn_scale", shift=True, running_stats=True, scales="batch", color="#0b3d91")
@@ -138,7 +146,7 @@ class BatchScale(_AffineAfter):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
-            var = x.var(_reduce_dims(self.dim), unbiased=False)  # (C,), what the batch is scaled by
+            var = _wide(x).var(_reduce_dims(self.dim), unbiased=False)  # (C,), what the batch is scaled by
             n = x.numel() // x.shape[1]  # values pooled per channel
             _track(self.running_var, var * n / max(n - 1, 1), self.momentum)  # torch's running_var is unbiased
         else:
