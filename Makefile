@@ -8,7 +8,7 @@ export BNSTUDY_DATA_MIRROR ?= $(if $(wildcard $(MIRROR_DEFAULT)/README.md),$(MIR
 
 .PHONY: venv run test test-fast test-cluster bench studies device-kit clean
 
-STUDIES := ioffe_mnist lr_sensitivity mnist_tuned depth fashion_cnn maxpool_shift pool_control cifar_vgg effective_lr landscape bn_frozen norm_family fashion_tuned vgg_tuned skipinit
+STUDIES := ioffe_mnist lr_sensitivity mnist_tuned depth fashion_cnn maxpool_shift pool_control cifar_vgg effective_lr landscape bn_frozen norm_family fashion_tuned vgg_tuned skipinit decompose optimizer
 JOBS ?= 2
 
 venv: $(STAMP)

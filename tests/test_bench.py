@@ -74,7 +74,7 @@ def test_bare_and_dataloader_loops_use_the_trainers_optimizer(tmp_data):
     from bnstudy.bench.common import compose
     from bnstudy.bench.contenders import built
 
-    for name, cls in (("sgd", torch.optim.SGD), ("adam", torch.optim.Adam)):
+    for name, cls in (("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)):
         model, opt, data, _ = built(compose(["data=synthetic", f"optim={name}", "train.threads=1"]))
         assert isinstance(opt, cls) and model.training and data.train_x.shape[1:] == (1, 28, 28)
 

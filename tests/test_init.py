@@ -129,25 +129,31 @@ def test_precise_bn_leaves_training_unchanged(tmp_path, tmp_data):
     assert a["final"]["test/acc"] == b["final"]["test/acc"]
 
 
-def test_precise_bn_is_the_mean_of_batch_statistics():
+@pytest.mark.parametrize("norm", ["bn", "bn_center", "bn_scale"])
+def test_precise_bn_is_the_mean_of_batch_statistics(norm):
+    # bn_center keeps only a running mean, bn_scale only a running variance: each is recomputed alone
     torch.manual_seed(0)
-    net = build_model(ModelConfig(name="mlp", depth=1, width=5, activation="relu"), NormConfig(name="bn"), (1, 2, 2), 3)
+    net = build_model(ModelConfig(name="mlp", depth=1, width=5, activation="relu"), NormConfig(name=norm), (1, 2, 2), 3)
     x = torch.randn(40, 1, 2, 2) * 3 + 1
-    (bn,) = running_stat_layers(net)
+    (layer,) = running_stat_layers(net)
     assert recompute_running_stats(net, x, batches=4, batch_size=10, seed=7) == 4
     idx = torch.randperm(40, generator=torch.Generator().manual_seed(7))
     h = net.net[1](net.net[0](x[idx]))  # (40, 5): the inputs of the norm
     means = torch.stack([h[i : i + 10].mean(0) for i in range(0, 40, 10)])
     vars_ = torch.stack([h[i : i + 10].var(0) for i in range(0, 40, 10)])
-    assert torch.allclose(bn.running_mean, means.mean(0), atol=1e-5)
-    assert torch.allclose(bn.running_var, vars_.mean(0), atol=1e-5)
+    buffers = set(dict(layer.named_buffers())) - {"num_batches_tracked"}
+    assert buffers == {"bn": {"running_mean", "running_var"}, "bn_center": {"running_mean"}, "bn_scale": {"running_var"}}[norm]
+    if "running_mean" in buffers:
+        assert torch.allclose(layer.running_mean, means.mean(0), atol=1e-5)
+    if "running_var" in buffers:
+        assert torch.allclose(layer.running_var, vars_.mean(0), atol=1e-5)
 
 
 def test_precise_bn_names_only_variants_with_running_statistics():
     from bnstudy.norm import NORMS
 
     with_stats = {n for n, v in NORMS.items() if v.running_stats}
-    assert with_stats == {"bn", "bn_noaffine", "bn_nograd", "bn_frozen", "noisy_bn"}
+    assert with_stats == {"bn", "bn_noaffine", "bn_center", "bn_scale", "bn_nograd", "bn_frozen", "noisy_bn"}
     for norm in NORMS:
         base = RunConfig.from_dict({"norm": {"name": norm}}).to_dict()
         precise = RunConfig.from_dict({"norm": {"name": norm}, "train": {"precise_bn": 20}}).to_dict()

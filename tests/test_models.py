@@ -11,7 +11,7 @@ from .conftest import ROOT
 
 GREY, RGB = (1, 28, 28), (3, 32, 32)
 
-# (model, input) -> params for bn / affine (identical: both learn gamma, beta) and none (biases instead)
+# (model, input) -> params for bn / affine / bn_center / bn_scale (identical: all learn gamma, beta) and none (biases instead)
 PINNED = {
     ("mlp", GREY): (100010, 99710),
     ("mlp", RGB): (328810, 328510),
@@ -44,9 +44,10 @@ def test_forward_backward(model, norm, shape):
 @pytest.mark.parametrize("key", sorted(PINNED), ids=lambda k: f"{k[0]}-{k[1][0]}ch" if isinstance(k, tuple) else str(k))
 def test_pinned_parameter_counts(key):
     model, shape = key
-    counts = {n: count_params(build_model(model_cfg(model), NormConfig(name=n), shape, 10)) for n in ("bn", "affine", "none")}
+    norms = ("bn", "affine", "none", "bn_center", "bn_scale")
+    counts = {n: count_params(build_model(model_cfg(model), NormConfig(name=n), shape, 10)) for n in norms}
     assert (counts["bn"], counts["none"]) == PINNED[key]
-    assert counts["affine"] == counts["bn"]
+    assert counts["affine"] == counts["bn_center"] == counts["bn_scale"] == counts["bn"]  # γ, β per channel, no bias before
 
 
 def test_ioffe_mlp_layout():

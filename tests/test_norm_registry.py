@@ -47,17 +47,27 @@ def declare(tmp_path, monkeypatch):
 
 def test_the_study_variants_declare_what_they_are():
     # what probes, precise BN and figures knew from lists of names before the registry held it
-    declared = {name: (v.standardizes, v.running_stats, v.shift) for name, v in NORMS.items()}
+    declared = {name: (v.centers, v.scales, v.running_stats, v.shift) for name, v in NORMS.items()}
     assert declared == {
-        "bn": ("batch", True, True), "affine": (None, False, True), "none": (None, False, False),
-        "bn_noaffine": ("batch", True, False), "affine_ddi": (None, False, True), "bn_nograd": ("batch", True, True),
-        "bn_frozen": ("batch", True, True), "noisy_bn": ("batch", True, True),
-        "layernorm": ("example", False, True), "groupnorm": ("example", False, True),
+        "bn": ("batch", "batch", True, True), "affine": (None, None, False, True), "none": (None, None, False, False),
+        "bn_noaffine": ("batch", "batch", True, False), "bn_center": ("batch", None, True, True),
+        "bn_scale": (None, "batch", True, True), "affine_ddi": (None, None, False, True),
+        "bn_nograd": ("batch", "batch", True, True), "bn_frozen": ("batch", "batch", True, True),
+        "noisy_bn": ("batch", "batch", True, True),
+        "layernorm": ("example", "example", False, True), "groupnorm": ("example", "example", False, True),
     }  # fmt: skip
-    with pytest.raises(ValueError):
-        register("bad", shift=True, standardizes="channel")
-    with pytest.raises(ValueError):
-        register("bad", shift=True, color="blue")
+    # ``standardizes`` reads back the axis of a variant that both centers and scales; half of BN is neither
+    assert {n: v.standardizes for n, v in NORMS.items() if v.standardizes} == {
+        "bn": "batch", "bn_noaffine": "batch", "bn_nograd": "batch", "bn_frozen": "batch", "noisy_bn": "batch",
+        "layernorm": "example", "groupnorm": "example",
+    }  # fmt: skip
+    assert {n for n, v in NORMS.items() if v.cancels_bias} == {
+        "bn", "bn_noaffine", "bn_center", "bn_nograd", "bn_frozen", "noisy_bn"
+    }  # fmt: skip
+    for bad in ({"standardizes": "channel"}, {"centers": "channel"}, {"scales": "feature"}, {"color": "blue"},
+                {"standardizes": "batch", "scales": "batch"}):  # fmt: skip
+        with pytest.raises(ValueError):
+            register("bad", shift=True, **bad)
     assert "bad" not in NORMS
 
 
@@ -111,3 +121,15 @@ def test_the_declarations_not_the_module_decide(declare, tmp_path):
     plain = cfg()
     plain.train.precise_bn = 0
     assert run_name(plain.to_dict()) == run_name(cfg().to_dict())
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+@pytest.mark.parametrize("what", [{"centers": "batch"}, {"scales": "batch"}, {"scales": "example"}], ids=str)
+def test_centering_and_scaling_are_declared_apart(declare, what, bias):
+    """The effective rate needs scaling, and centering over the batch or no feeding bias: declared, not looked up by name."""
+    declare(running_stats=True, **what)
+    net = build_model(cfg().model, cfg().norm, (1, 8, 8), 10)
+    norm = next(m for m in net.modules() if isinstance(m, Newcomer))
+    assert running_stat_layers(net)  # either half of BN keeps running statistics for precise BN
+    expected = "scales" in what and not bias
+    assert scale_invariant(norm, nn.Linear(2, 2, bias=bias)) == expected

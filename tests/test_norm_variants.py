@@ -12,7 +12,7 @@ from bnstudy.config import NormConfig
 from bnstudy.norm import NORMS, make_norm, needs_bias
 
 CONF_NORM = Path(__file__).resolve().parents[1] / "conf" / "norm"
-NEW = ["bn_noaffine", "affine_ddi", "bn_nograd", "bn_frozen", "noisy_bn", "layernorm", "groupnorm"]
+NEW = ["bn_noaffine", "bn_center", "bn_scale", "affine_ddi", "bn_nograd", "bn_frozen", "noisy_bn", "layernorm", "groupnorm"]
 C = 6
 
 
@@ -93,6 +93,85 @@ def test_bn_noaffine_standardizes_without_parameters(dim):
     mean, std = channel_stats(m(sample(dim)))
     assert torch.allclose(mean, torch.zeros(C, dtype=torch.float64), atol=1e-6)
     assert torch.allclose(std, torch.ones(C, dtype=torch.float64), atol=1e-4)
+
+
+# --- bn_center / bn_scale --------------------------------------------------------
+
+
+def per_channel(v: torch.Tensor, dim: int) -> torch.Tensor:
+    return v.reshape((1, -1) + (1,) * (dim * 2 - 2))  # (C,) -> (1, C) or (1, C, 1, 1)
+
+
+def center_ref(m: nn.Module, x: torch.Tensor, mu: torch.Tensor, dim: int) -> torch.Tensor:
+    """y = γ (x − μ) + β."""
+    return per_channel(m.weight, dim) * (x - per_channel(mu, dim)) + per_channel(m.bias, dim)
+
+
+def scale_ref(m: nn.Module, x: torch.Tensor, var: torch.Tensor, dim: int) -> torch.Tensor:
+    """y = γ x / sqrt(σ² + ε) + β."""
+    return per_channel(m.weight, dim) * x / (per_channel(var, dim) + m.eps).sqrt() + per_channel(m.bias, dim)
+
+
+def batch_var(x: torch.Tensor) -> torch.Tensor:
+    return channel_stats(x)[1] ** 2  # biased, centred: what BN divides by
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+@pytest.mark.parametrize("name,buffer", [("bn_center", "running_mean"), ("bn_scale", "running_var")])
+def test_bn_center_and_bn_scale_match_their_definitions(name, buffer, dim):
+    m = build(name, dim).double()
+    randomize_affine(m)
+    assert set(dict(m.named_buffers())) == {buffer}  # only the statistic it uses
+    bn = torch_bn(dim, m)  # keeps torch's running statistics from the same batches
+
+    def ref(x: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        mu, var = stats
+        return center_ref(m, x, mu, dim) if name == "bn_center" else scale_ref(m, x, var, dim)
+
+    for step in range(3):  # training: this batch's statistics, with their gradient
+        x = sample(dim, seed=step).requires_grad_()
+        target = torch.randn_like(x)
+        y = m(x)
+        (gx,) = torch.autograd.grad((y * target).sum(), x)
+        x_ref = x.detach().clone().requires_grad_()
+        mu, std = channel_stats(x_ref)
+        y_ref = ref(x_ref, (mu, std**2))
+        (gx_ref,) = torch.autograd.grad((y_ref * target).sum(), x_ref)
+        assert torch.allclose(y, y_ref, atol=1e-10) and torch.allclose(gx, gx_ref, atol=1e-10), step
+        bn(x.detach())
+        assert torch.allclose(getattr(m, buffer), getattr(bn, buffer), atol=1e-12), step  # as torch's BN keeps it
+
+    m.eval()
+    x = sample(dim, seed=5)
+    stats = (m.running_mean, None) if name == "bn_center" else (None, m.running_var)
+    assert torch.allclose(m(x), ref(x, stats), atol=1e-10)  # evaluation: the running statistic
+    assert torch.allclose(m(x[:1]), ref(x[:1], stats)[:1], atol=1e-10)  # no batch dependence
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+def test_bn_center_cancels_a_shift_but_not_a_scale(dim):
+    m = build("bn_center", dim).double()
+    randomize_affine(m)
+    x, shift = sample(dim), per_channel(torch.linspace(-5, 5, C, dtype=torch.float64), dim)
+    y = m(x)
+    assert torch.allclose(m(x + shift), y, atol=1e-10)  # a bias of the feeding layer cancels
+    beta = per_channel(m.bias, dim)
+    assert torch.allclose(m(3 * x) - beta, 3 * (y - beta), atol=1e-10)  # the output scales with the input
+    assert channel_stats(y)[1].sub(channel_stats(x)[1] * m.weight.abs()).abs().max() < 1e-10  # std: |γ| std(x)
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+def test_bn_scale_cancels_a_scale_but_not_a_shift(dim):
+    m = build("bn_scale", dim, eps=1e-12).double()  # invariance is exact up to ε
+    randomize_affine(m)
+    x, shift = sample(dim), per_channel(torch.linspace(-5, 5, C, dtype=torch.float64), dim)
+    y = m(x)
+    assert torch.allclose(m(3 * x), y, atol=1e-9)  # W -> 3W leaves the output unchanged
+    assert not torch.allclose(m(x + shift), y, atol=1e-3)  # a bias does not cancel
+    mean, std = channel_stats(y - per_channel(m.bias, dim))
+    assert torch.allclose(std, m.weight.detach().abs(), atol=1e-9)  # unit std before γ, β ...
+    x_mean, x_std = channel_stats(x)
+    assert torch.allclose(mean, m.weight.detach() * x_mean / x_std, atol=1e-9)  # ... but the mean is kept, scaled
 
 
 # --- affine_ddi ----------------------------------------------------------------

@@ -135,7 +135,7 @@ def test_probes_do_not_change_training_any_norm(tmp_path, norm):
     probe = on[on.split == "probe"]
     assert set(probe.step[probe.metric == "layer1/eff_step"]) == {20, 30, 40}
     # the effective rate exists while the norm makes the loss invariant to the scale of W (bn_frozen: until frozen)
-    invariant = {"bn", "bn_noaffine", "bn_nograd", "noisy_bn", "layernorm", "groupnorm"}
+    invariant = {"bn", "bn_noaffine", "bn_scale", "bn_nograd", "noisy_bn", "layernorm", "groupnorm"}  # not bn_center
     expected = {10, 20, 30, 40} if norm in invariant else {10} if norm == "bn_frozen" else set()
     assert set(probe.step[probe.metric == "layer2/eff_lr"]) == expected
     cols = ["step", "split", "metric", "value"]
@@ -261,10 +261,10 @@ def test_scale_invariant_matches_the_norm(norm, bias):
         invariant = torch.allclose(output(1.0, copy.deepcopy(layer)), output(3.0, copy.deepcopy(layer)), atol=1e-4)
         assert probes.scale_invariant(layer, linear) == invariant
         output(1.0, layer)  # a training forward: counters, running statistics, affine_ddi's first-batch init
-    over = NORMS[norm].standardizes  # what the variant declares it is
-    per_example_with_bias = over == "example" and linear.bias is not None
-    expected = over is not None and norm != "bn_frozen"
-    assert probes.scale_invariant(layer, linear) == (expected and not per_example_with_bias)
+    what = NORMS[norm]  # what the variant declares it is
+    uncancelled_bias = what.centers != "batch" and linear.bias is not None
+    expected = what.scales is not None and norm != "bn_frozen"
+    assert probes.scale_invariant(layer, linear) == (expected and not uncancelled_bias)
 
 
 def test_resumed_run_logs_the_same_weight_probe(tmp_path):

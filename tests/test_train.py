@@ -4,10 +4,14 @@ import os
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
-from bnstudy.config import RunConfig, run_name
+from bnstudy.checks import check_values
+from bnstudy.config import OptimConfig, RunConfig, run_name
+from bnstudy.errors import ConfigError
 from bnstudy.train import train_run
+from bnstudy.train.build import OPTIMIZERS
 
 from .conftest import cli, have_real
 
@@ -113,3 +117,18 @@ def test_eval_every_zero_turns_evaluation_off(tmp_path, tmp_data):
     m = pd.read_csv(tmp_path / "r" / "metrics.csv")
     assert "test" not in set(m.split) and s["final"]["test/acc"] is None and s["status"] == "completed"
     assert set(s["hook_times"]) == {"log", "checkpoint"}
+
+
+def test_adamw_decays_the_weights_apart_from_the_gradient():
+    """adamw shrinks w by lr * weight_decay * w outside the adaptive step; adam puts weight_decay * w into it."""
+    def one_step(name: str) -> torch.Tensor:
+        w = torch.nn.Parameter(torch.tensor([2.0, -4.0]))
+        opt = OPTIMIZERS[name]([w], OptimConfig(name=name, lr=0.1, weight_decay=0.5))
+        w.grad = torch.zeros_like(w)  # no loss gradient: only the decay moves w
+        opt.step()
+        return w.detach()
+
+    assert torch.allclose(one_step("adamw"), torch.tensor([2.0, -4.0]) * (1 - 0.1 * 0.5))
+    assert torch.allclose(one_step("adam"), torch.tensor([1.9, -3.9]), atol=1e-6)  # normalised: a step of lr per weight
+    with pytest.raises(ConfigError, match="optim.betas"):
+        check_values(RunConfig.from_dict({"optim": {"name": "adamw", "betas": [0.9]}}))

@@ -23,7 +23,7 @@ def parse(argv: list[str] | None = None) -> Options:
     p.add_argument("--quick", action="store_true", help="mlp + cnn, few steps, light (e)/(f); full width: 1 step, batch 128, no compile")
     p.add_argument("--models", help=f"comma-separated, of: {','.join(CASES)} (default: all; --quick: {','.join(QUICK_MODELS)})")
     p.add_argument("--norms", default="bn,affine,none", help="comma-separated norm variants (default: bn,affine,none)")
-    p.add_argument("--optim", default="sgd", choices=["sgd", "adam"], help="optimizer of every contender (default sgd)")
+    p.add_argument("--optim", default="sgd", choices=["sgd", "adam", "adamw"], help="optimizer of every contender (default sgd)")
     p.add_argument("--steps", type=int, help="optimizer steps per measured run, for every model (default: per model)")
     p.add_argument("--repeats", type=int, help="round-robin repeats; medians are reported (default 3)")
     p.add_argument("--data", choices=["auto", "synthetic"], default="auto", help="auto: real data where it loads, else synthetic")

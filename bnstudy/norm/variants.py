@@ -3,6 +3,8 @@
 Each variant removes or perturbs one ingredient of BatchNorm:
 
 - ``bn_noaffine``: standardization without γ, β.
+- ``bn_center``, ``bn_scale``: BN's two halves, centering (μ_B) without scaling and
+  scaling (σ_B) without centering, each followed by γ, β.
 - ``affine_ddi``: γ, β only, initialised from the first batch so the start matches BN.
 - ``bn_nograd``: BN's forward, but backprop treats μ_B, σ_B as constants.
 - ``bn_frozen``: BN, then after ``freeze_after`` steps a fixed affine map of x.
@@ -12,7 +14,8 @@ Each variant removes or perturbs one ingredient of BatchNorm:
 Inputs are (B, F) for dim=1 and (B, C, H, W) for dim=2. Variants that keep
 running statistics store them like torch's BatchNorm (``running_mean``,
 ``running_var`` of shape (C,), ``weight``/``bias`` of shape (C,)), so the
-state_dict reads the same as ``bn``'s.
+state_dict reads the same as ``bn``'s; ``bn_center`` and ``bn_scale`` keep only
+the one they use.
 """
 from __future__ import annotations
 
@@ -71,6 +74,85 @@ def batchnorm_noaffine(num_features: int, dim: int, cfg: NormConfig) -> nn.Modul
     """
     cls = nn.BatchNorm1d if dim == 1 else nn.BatchNorm2d
     return cls(num_features, eps=cfg.eps, momentum=cfg.momentum, affine=False)
+
+
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    # statistics in at least float32, as torch's BN takes them, also from bf16 activations under autocast
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _track(running: torch.Tensor, batch_stat: torch.Tensor, momentum: float) -> None:
+    # BN's update of one running statistic; precise BN sets ``momentum`` to 1/k to average k batches
+    with torch.no_grad():
+        running.lerp_(batch_stat.detach().to(running.dtype), momentum)
+
+
+class _AffineAfter(nn.Module):
+    """γ, β of shape (C,), laid out like torch's BatchNorm, and one running statistic ``stat`` (init ``init``)."""
+
+    def __init__(self, num_features: int, dim: int, cfg: NormConfig, stat: str, init: float):
+        super().__init__()
+        self.dim = dim
+        self.eps = cfg.eps
+        self.momentum = cfg.momentum
+        self.weight = nn.Parameter(torch.ones(num_features))  # γ, (C,)
+        self.bias = nn.Parameter(torch.zeros(num_features))  # β, (C,)
+        self.register_buffer(stat, torch.full((num_features,), init))
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.numel()}, eps={self.eps}, momentum={self.momentum}"
+
+
+@register("bn_center", shift=True, running_stats=True, centers="batch", color="#ff9896")
+class BatchCenter(_AffineAfter):
+    """Centering only: y = γ (x − μ_B) + β.
+
+    μ_B per feature/channel over the batch (and spatial) axes in training, the
+    running mean (momentum ``cfg.momentum``) in evaluation; no variance is
+    computed or kept. The gradient flows through μ_B, as in BN. Subtracting μ_B
+    cancels a bias of the feeding layer, but the output scales with that
+    layer's weights (W -> cW gives c times the centred input): not scale invariant.
+    """
+
+    def __init__(self, num_features: int, dim: int, cfg: NormConfig):
+        super().__init__(num_features, dim, cfg, "running_mean", 0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            mu = _wide(x).mean(_reduce_dims(self.dim))  # (C,)
+            _track(self.running_mean, mu, self.momentum)
+        else:
+            mu = self.running_mean
+        return torch.addcmul(_per_channel(self.bias, x), _per_channel(self.weight, x), x - _per_channel(mu, x))
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.numel()}, momentum={self.momentum}"  # no ε: nothing is divided
+
+
+@register("bn_scale", shift=True, running_stats=True, scales="batch", color="#0b3d91")
+class BatchScale(_AffineAfter):
+    """Scaling only: y = γ x / sqrt(σ_B² + ε) + β, the mean not subtracted.
+
+    σ_B² is BN's batch variance per feature/channel (centred, biased) in
+    training, the running variance (unbiased, momentum ``cfg.momentum``, as
+    torch's BatchNorm keeps it) in evaluation; no running mean is kept. The
+    gradient flows through σ_B². Scale invariant when the feeding layer has no
+    bias (W -> cW scales x and σ_B alike), as the models build it; a bias there
+    would not cancel (it would be divided by σ_B, not removed).
+    """
+
+    def __init__(self, num_features: int, dim: int, cfg: NormConfig):
+        super().__init__(num_features, dim, cfg, "running_var", 1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            var = _wide(x).var(_reduce_dims(self.dim), unbiased=False)  # (C,), what the batch is scaled by
+            n = x.numel() // x.shape[1]  # values pooled per channel
+            _track(self.running_var, var * n / max(n - 1, 1), self.momentum)  # torch's running_var is unbiased
+        else:
+            var = self.running_var
+        scale = self.weight * (var + self.eps).rsqrt()  # (C,): γ / sqrt(σ² + ε)
+        return torch.addcmul(_per_channel(self.bias, x), _per_channel(scale, x), x)
 
 
 @register("affine_ddi", shift=True, color="#ff7f0e")

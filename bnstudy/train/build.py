@@ -85,7 +85,12 @@ def _adam(params, o) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, foreach=True)
 
 
-OPTIMIZERS: dict[str, Callable] = {"sgd": _sgd, "adam": _adam}
+def _adamw(params, o) -> torch.optim.Optimizer:
+    # decoupled weight decay (Loshchilov & Hutter 2019): w -= lr * weight_decay * w, outside the adaptive step
+    return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, foreach=True)
+
+
+OPTIMIZERS: dict[str, Callable] = {"sgd": _sgd, "adam": _adam, "adamw": _adamw}
 
 
 def lr_factor(cfg: RunConfig) -> Callable[[int], float]:

@@ -26,6 +26,8 @@ def recompute_running_stats(model: nn.Module, x: torch.Tensor, batches: int, bat
     weights produce. Momentum 1/k at the k-th batch makes the exponential
     average the exact mean. The batches are fixed (a generator seeded by
     ``seed``; no augmentation) and the model is in train mode, as in training.
+    Only ``momentum`` is set, so a variant that keeps one statistic (``bn_center``
+    a mean, ``bn_scale`` a variance) has that one recomputed the same way.
     The caller restores the model afterwards (:func:`~bnstudy.train.snapshot.preserved`).
     Returns the number of batches used (0 if the model has no BN-like layer).
     """

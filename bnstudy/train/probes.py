@@ -258,22 +258,26 @@ def _activation_pass(
 def scale_invariant(norm: nn.Module, feeder: nn.Module) -> bool:
     """Whether ``norm``'s training output is unchanged when ``feeder.weight`` is scaled by any c > 0.
 
-    True for the variants that standardize with statistics of their current
-    input (those registered with ``standardizes="batch"`` or ``"example"``), up to
-    their ε: (cWx − μ(cWx)) / σ(cWx) = (Wx − μ(Wx)) / σ(Wx). Per-feature batch
-    statistics also cancel a bias of the feeding layer; per-example ones do not,
-    so layernorm/groupnorm count only when the feeding layer has none. Not for
-    ``bn_frozen`` once frozen (fixed running statistics: the output scales with
-    W), nor for ``affine``, ``affine_ddi`` and ``none``. ``bn_nograd`` counts:
-    its forward is BN's, and its gradient, with μ, σ held constant, also
-    scales as 1/c, so lr/‖W‖² is its effective rate as well; but that gradient
-    is not orthogonal to W, so, unlike under ``bn``, plain SGD need not make ‖W‖
-    grow.
+    True for the variants that divide by a standard deviation of their current
+    input (registered with ``scales``, or ``standardizes``, ``"batch"`` or
+    ``"example"``), up to their ε, provided a bias of the feeding layer is
+    cancelled or absent: σ(cWx) = c σ(Wx), but σ(cWx + b) divides b by c too.
+    Per-feature batch centering cancels b (the variant's ``cancels_bias``:
+    (cWx + b − μ(cWx + b)) / σ(cWx) = (Wx − μ(Wx)) / σ(Wx)); per-example centering
+    does not, nor does no centering, so layernorm, groupnorm and ``bn_scale``
+    (y = γ x / σ_B + β) count only when the feeding layer has no bias, as they
+    are built. Not for ``bn_center`` (y = γ (x − μ_B) + β: it cancels a bias but
+    its output scales with W), nor for ``bn_frozen`` once frozen (fixed running
+    statistics: the output scales with W), nor for ``affine``, ``affine_ddi`` and
+    ``none``. ``bn_nograd`` counts: its forward is BN's, and its gradient, with
+    μ, σ held constant, also scales as 1/c, so lr/‖W‖² is its effective rate as
+    well; but that gradient is not orthogonal to W, so, unlike under ``bn``,
+    plain SGD need not make ‖W‖ grow.
     """
     if getattr(norm, "frozen", False):
         return False
-    over = kind(norm).standardizes
-    return over == "batch" or (over == "example" and getattr(feeder, "bias", None) is None)
+    what = kind(norm)
+    return what.scales is not None and (what.cancels_bias or getattr(feeder, "bias", None) is None)
 
 
 @torch.no_grad()
