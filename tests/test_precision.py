@@ -93,11 +93,16 @@ def test_amp_and_channels_last_keep_committed_folder_names():
     assert run_name(plain) != run_name(amp)
 
 
-def test_no_committed_run_trained_with_amp():
+def test_no_run_trained_before_cpu_bf16_set_amp():
+    # train.amp acted on CUDA only before runs recorded their precision: had a run on a CPU set it, it would have
+    # trained in fp32 under a name that now means bf16. None did, so every earlier name still means what it trained
     from bnstudy.archive import iter_runs
 
     from .conftest import ROOT
 
     runs = list(iter_runs(ROOT / "results"))
-    assert len(runs) >= 1200 and all(r.config for r in runs)
-    assert [r.rel for r in runs if r.config.get("train", {}).get("amp")] == []
+    before = [r for r in runs if "precision" not in ((r.summary or {}).get("provenance") or {})]
+    assert len(before) >= 1200 and all(r.config for r in before)
+    assert [r.rel for r in before if r.config.get("train", {}).get("amp")] == []
+    after = [r for r in runs if r not in before and r.summary.get("device", "cpu").startswith("cpu")]
+    assert all(r.summary["provenance"]["precision"] == ("bf16 autocast" if r.config["train"]["amp"] else "fp32") for r in after)
