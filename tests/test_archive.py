@@ -35,9 +35,10 @@ def fake_run(root: Path, seed: int, status: str = "completed", norm: str = "bn")
     log = MetricsLog(run / "metrics.csv")
     for i, v in enumerate(AWKWARD):
         log.write(10, [("train", f"m{i}", v + seed)], seconds=1.23456)
-    log.write(20, [("train", "loss", 0.5 + seed), ("test", "acc", 0.75)], seconds=2.0)
+    loss = 1e9 if status == "diverged" else 0.5 + seed  # a diverged run ends at the loss that stopped it
+    log.write(20, [("train", "loss", loss), ("test", "acc", 0.75)], seconds=2.0)
     log.close()
-    s = {"status": status, "step": 20, "final": {"train/loss": 0.5 + seed, "test/acc": 0.75}, "best": {"test/acc": 0.75},
+    s = {"status": status, "step": 20, "final": {"train/loss": loss, "test/acc": 0.75}, "best": {"test/acc": 0.75},
          "params": 10, "seconds": 2.0, "ms_per_step": 0.1, "factors": {"norm": norm, "seed": seed, "data": "synthetic"},
          "run": run_name(cfg)}
     s["checksums"] = checksums(run)
