@@ -377,9 +377,13 @@ def refuse_damaged(root: str | Path) -> None:
     for d in ([holder] if holder is not None else []) + found:
         problems = pack_problems(d)
         if problems:
-            more = f"; and {len(problems) - 1} more" if len(problems) > 1 else ""
-            raise PackError(f"{d} holds a damaged pack ({problems[0]}{more}); restore it from git "
-                            f"(bnstudy-runs {d} --check lists the damage)")
+            raise PackError(damaged_line(d, problems))
+
+
+def damaged_line(d: Path, problems: list[str]) -> str:
+    """The one line that refuses to use the damaged pack in ``d``."""
+    more = f"; and {len(problems) - 1} more" if len(problems) > 1 else ""
+    return f"{d} holds a damaged pack ({problems[0]}{more}); restore it from git (bnstudy-runs {d} --check lists the damage)"
 
 
 def pack_holding(path: str | Path) -> Path | None:

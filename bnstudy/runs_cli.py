@@ -155,8 +155,10 @@ def _check_runs(root: Path, statuses: list[str] | None) -> int:
 
 def _stale_runs(root: Path, statuses: list[str] | None) -> None:
     """``bnstudy-runs --stale``: the runs whose recorded training code differs from this checkout's."""
+    from bnstudy.archive_write import refuse_damaged
     from bnstudy.provenance import commit_label, stale_files
 
+    refuse_damaged(root)
     stale = current = unknown = 0
     for _, rel, s in _run_folders(root, statuses):
         changed = stale_files(s) if isinstance(s, dict) else None
