@@ -237,7 +237,7 @@ def unpack(root: str | Path) -> int:
                     if q == root or q.exists():
                         break
                     made.append(q)
-            (d / ".hydra").mkdir(parents=True, exist_ok=True) if ".hydra/overrides.yaml" in files else d.mkdir(parents=True, exist_ok=True)
+            (d / ".hydra" if ".hydra/overrides.yaml" in files else d).mkdir(parents=True, exist_ok=True)
             for name in sorted(files, key=lambda n: n == "summary.json"):  # the summary last: a run is whole once it has one
                 atomic_write_text(d / name, files[name])
                 written.append(d / name)

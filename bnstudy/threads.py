@@ -19,9 +19,9 @@ affinity and a cgroup CPU quota, not the machine's core count), divided
 between the parallel jobs of a launcher (:func:`share_cores`).
 ``train.threads=N`` overrides all of it and is set exactly as given, so a
 result trained with it reproduces at the same count (a count above the usable
-cores is warned about once). With ``train.threads=0``, an ``OMP_NUM_THREADS``
-the user set is honoured instead of the policy, and the ``torch threads:``
-line says so.
+cores is warned about once). An ``OMP_NUM_THREADS`` in the environment does not
+set the count (joblib sets one in its workers too); the ``torch threads:`` line
+names it as not used.
 """
 from __future__ import annotations
 
@@ -107,18 +107,13 @@ def share_cores(jobs: int = 1, cpus: int | None = None) -> None:
 
 def decide(cfg: RunConfig) -> Decision:
     """The thread count for ``cfg``: ``train.threads`` when set, else the policy of this module's docstring."""
-    user = os.environ.get(COUNT_ENV)
+    # torch's count is set here either way: an OMP_NUM_THREADS in the environment (the user's, or the one joblib
+    # gives its workers) does not decide it, and the line says so
+    env = os.environ.get(COUNT_ENV)
     if cfg.train.threads > 0:
-        overrides = f" (over {COUNT_ENV}={user})" if user else ""
-        return Decision(cfg.train.threads, f"train.threads={cfg.train.threads}{overrides}; {_wait_note}")
-    if user:
-        try:
-            n = int(user)
-        except ValueError:
-            n = 0
-        if n > 0:
-            return Decision(n, f"{COUNT_ENV}={n} (set by the user; train.threads=0); {_wait_note}")
-        log.warning("ignoring %s=%r: not a positive count; the thread policy decides", COUNT_ENV, user)
+        over = f" (over {COUNT_ENV}={env})" if env else ""
+        return Decision(cfg.train.threads, f"train.threads={cfg.train.threads}{over}; {_wait_note}")
+    unused = f"; {COUNT_ENV}={env} is not used: train.threads=N sets the count" if env else ""
     cores, src = available_cores()
     where = f"{cores} cores ({src})"
     if _cpus is not None and _cpus < cores:
@@ -133,7 +128,7 @@ def decide(cfg: RunConfig) -> Decision:
         cores = 1
     else:
         size = f"{cfg.model.name} step {flops:.2g} FLOPs"
-    return Decision(cores, f"{size}; {where}; {_wait_note}")
+    return Decision(cores, f"{size}; {where}; {_wait_note}{unused}")
 
 
 def _flops(cfg: RunConfig) -> float | None:

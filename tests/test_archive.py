@@ -282,6 +282,8 @@ def _commands(study: Path, src: Path) -> dict:
         "listing": lambda: call(runs, [str(study)]),
         "report": lambda: call(report, [str(study)]),
         "--unpack": lambda: call(runs, [str(study), "--unpack"]),
+        "--pack": lambda: call(runs, [str(study), "--pack"]),
+        "--compare": lambda: call(runs, [str(study.parent / "other"), "--compare", str(study)]),
         "--reproduce": lambda: call(runs, [str(study), "--reproduce", "2", "--steps", "10"]),
         "--stale": lambda: call(runs, [str(study), "--stale"]),
         "transfer import": lambda: call(imported, ["import", str(src), str(study)]),

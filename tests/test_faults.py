@@ -390,8 +390,8 @@ IMPORT_REFUSED = [
      r"^error: refused: .*figures exists and is not a run folder; move it away"),
     ("a run the archive does not hold", lambda out, dest: _manifest(out, lambda m: m["runs"][0].update(run="gone-0123abcd/seed0")), True,
      r"^error: refused: the archive holds .* which is not a plain file of a listed run"),
-    ("an absolute out_dir", lambda out, dest: _manifest(out, lambda m: m.update(out_dir="/tmp/elsewhere")), False,
-     r"^error: the manifest's out_dir '/tmp/elsewhere' is outside this project"),
+    ("an absolute out_dir", lambda out, dest: _manifest(out, lambda m: m.update(out_dir=str(out.parent / "elsewhere"))), False,
+     r"^error: the manifest's out_dir '/.*/elsewhere' is outside this project"),
     ("an out_dir leading up", lambda out, dest: _manifest(out, lambda m: m.update(out_dir="../elsewhere")), False,
      r"^error: the manifest's out_dir '\.\./elsewhere' is outside this project"),
     ("a part outside OUT_DIR", lambda out, dest: _manifest(out, lambda m: m["parts"][0].update(name="../runs.tar.xz")), True,
@@ -421,7 +421,6 @@ def test_a_refused_import_is_one_line_and_changes_nothing(case, damage, named, e
     assert r.returncode == 2 and re.search(expected, first_line(r.stderr)), r.stderr
     assert tree(tmp_path) == before, "a file changed"
     assert sorted(p for p in tmp_path.rglob("*") if p.is_dir()) == folders, "a folder was made or removed (an empty DEST?)"
-    assert not Path("/tmp/elsewhere").exists()
 
 
 def test_an_import_updates_an_earlier_local_run_in_place_and_keeps_the_users_files(device_out, tmp_path):
@@ -451,14 +450,14 @@ def test_no_dest_imports_into_the_out_dir_inside_the_project(device_out, tmp_pat
 # ---------------------------------------------------------------- threads and the console
 
 
-def test_omp_num_threads_is_honoured_and_said(monkeypatch):
+def test_an_omp_num_threads_that_is_not_used_is_said(monkeypatch):
     from bnstudy import threads
 
     from .test_threads import _cfg
 
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     d = threads.decide(_cfg())
-    assert d.threads == 3 and d.why.startswith("OMP_NUM_THREADS=3 (set by the user"), d
+    assert d.threads == 1 and d.why.endswith("; OMP_NUM_THREADS=3 is not used: train.threads=N sets the count"), d
     d = threads.decide(_cfg(threads_=2))
     assert d.threads == 2 and d.why.startswith("train.threads=2 (over OMP_NUM_THREADS=3)"), d
 

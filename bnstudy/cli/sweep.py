@@ -53,8 +53,8 @@ class SweepCallback(Callback):
         SweepCallback.failed, SweepCallback.interrupted = failed, interrupted
         keep_sweep_record(root, getattr(self, "_record", None), sweep_id)  # a sweep that trained nothing changes nothing
         if failed:
-            where = "traceback in error.txt of each" if not SweepCallback.unrecorded else "traceback in error.txt of those that began training"
-            print(f"{len(failed)} run(s) failed ({where}):", file=sys.stderr)
+            which = "those that began training" if SweepCallback.unrecorded else "each"
+            print(f"{len(failed)} run(s) failed (traceback in error.txt of {which}):", file=sys.stderr)
             for f in failed:
                 print(f"  {f}", file=sys.stderr)
         if interrupted:
