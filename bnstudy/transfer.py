@@ -7,12 +7,16 @@ at most :data:`MAX_FILES` files of at most :data:`PART_BYTES` bytes. Checkpoints
 are left out, except those of interrupted runs while they fit, so such a run
 can resume where it stopped.
 
-``import`` checks all of it (every part there, sizes and hashes right, only
-plain files under run folders, every finished run intact by ``bnstudy-runs
---check``'s rules) before it writes anything, then moves the runs into their
-folder as if they had been trained there. A finished run already there is kept;
-a failed run, or an interrupted one whose checkpoint stayed behind, is not
-imported (the sweep trains it again).
+``import`` checks all of it (the manifest's shape, every part there and
+inside OUT_DIR, sizes and hashes right, only plain files under run folders
+inside DEST, every finished run intact by ``bnstudy-runs --check``'s rules, no
+damaged pack in DEST, no local folder that would lose anything) before it
+writes anything, then moves the runs into their folder, under each run's lock,
+as if they had been trained there. A finished run already there is kept; an
+unfinished one at an earlier step is updated in place (files that are not the
+run's own stay); anything else in the way refuses the import. A failed run, or
+an interrupted one whose checkpoint stayed behind, is not imported (the sweep
+trains it again). It never removes a folder it did not write.
 
     python -m bnstudy.transfer import OUT_DIR [DEST]      # DEST: the study's out_dir recorded in the manifest
 """

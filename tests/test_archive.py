@@ -349,8 +349,9 @@ def test_a_sealed_summary_names_an_edited_status_and_the_status_must_agree_with_
     run = fake_run(tmp_path, 0)
     s = json.loads((run / "summary.json").read_text())
     assert "summary" in s["checksums"] and check_run(run) == []
-    (run / "summary.json").write_text(json.dumps({**s, "status": "diverged"}))
-    assert any("status or numbers do not match its checksum" in p for p in check_run(run))
+    for edit in ({"status": "diverged"}, {"params": 11}, {"ms_per_step": 0.001}):  # in a folder as in a pack
+        (run / "summary.json").write_text(json.dumps({**s, **edit}))
+        assert any("status or numbers do not match its checksum" in p for p in check_run(run)), edit
     unsealed = {k: v for k, v in s["checksums"].items() if k != "summary"}  # recorded before digests
     (run / "summary.json").write_text(json.dumps({**s, "status": "diverged", "checksums": unsealed}))
     assert check_run(run) == ["summary.json says diverged, but metrics.csv's last train loss is 0.5, finite and not above train.diverge_loss 1000"]
