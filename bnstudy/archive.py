@@ -25,6 +25,8 @@ from typing import Any, Iterator
 
 import yaml
 
+from bnstudy.errors import BnstudyError
+
 PACK_RUNS = "runs.jsonl"
 PACK_METRICS = "metrics.parquet"
 COLUMNS = ["run", "step", "split", "metric", "value", "seconds"]
@@ -34,8 +36,21 @@ DROPPED = (".hydra", ".lock", "train.log")  # Hydra's copies (config.yaml is the
 UNFINISHED = ("running", "interrupted")  # left as folders: their checkpoint resumes them
 
 
-class PackError(Exception):
+class PackError(BnstudyError):
     """A pack that cannot be read or written as asked (the message says what to do)."""
+
+
+def unsafe_path(rel: Any) -> str | None:
+    """Why ``rel``, a run's path read from a pack or a manifest, could lead outside its root; None when it cannot.
+
+    It must be a relative POSIX path of plain names: not absolute, no ``..``, ``.`` or empty part, no hidden
+    (``.``-prefixed) folder, no backslash or NUL.
+    """
+    if not isinstance(rel, str) or not rel:
+        return f"{rel!r} is not a path"
+    if "\\" in rel or "\0" in rel or any(q in ("", ".", "..") or q.startswith(".") for q in rel.split("/")):
+        return f"{rel!r} leads outside its folder"  # an absolute path has an empty first part
+    return None
 
 
 # ---------------------------------------------------------------- file text <-> values
@@ -250,16 +265,26 @@ class Pack:
         self._index: dict[str, Any] | None = None
         path = self.root / PACK_RUNS
         shared: dict[str, Any] = {}
-        for n, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise PackError(f"{path} is unreadable ({err}); restore it from git") from None
+        self.shared = False
+        for n, line in enumerate(text.splitlines(), start=1):
             try:
                 e = json.loads(line)
             except ValueError as err:
                 raise PackError(f"{path} line {n} is not JSON ({err}); restore it from git") from None
             if n == 1 and isinstance(e, dict) and isinstance(e.get(SHARED), dict):
-                shared = e[SHARED]
+                shared, self.shared = e[SHARED], True
                 continue
             if not isinstance(e, dict) or not isinstance(e.get("run"), str) or not isinstance(e.get("summary"), dict):
                 raise PackError(f"{path} line {n} has no 'run' path and 'summary' object; restore it from git")
+            why = unsafe_path(e["run"])
+            if why:
+                raise PackError(f"{path} line {n}: run path {why}; restore it from git")
+            if not isinstance(e.get("config", {}), dict) or not isinstance(e.get("files", {}), dict):
+                raise PackError(f"{path} line {n}: 'config' or 'files' is not an object; restore it from git")
             for key in ("summary", "config"):  # each line holds what differs from the shared values
                 if isinstance(shared.get(key), dict) and isinstance(e.get(key), dict) and key not in e.get("whole", ()):
                     e[key] = merge(shared[key], e[key])
@@ -304,24 +329,35 @@ class Pack:
 _PACKS: dict[tuple, Pack] = {}
 
 
-def load_pack(root: Path) -> Pack:
-    """The pack in folder ``root``, cached until one of its two files changes."""
+def pack_key(root: Path) -> tuple:
+    """What identifies the state of the pack in ``root``: its two files' paths, times, sizes and inodes."""
     path = Path(root) / PACK_RUNS
-    st = path.stat()
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise PackError(f"{path} is missing" + (" (deleted?); restore it from git" if (Path(root) / PACK_METRICS).exists() else "")) from None
     try:
         mt = (Path(root) / PACK_METRICS).stat()
         table = (mt.st_mtime_ns, mt.st_size, mt.st_ino)
     except OSError:
         table = None
-    key = (str(path.resolve()), st.st_mtime_ns, st.st_size, table)
+    return (str(path.resolve()), st.st_mtime_ns, st.st_size, st.st_ino, table)
+
+
+def load_pack(root: Path) -> Pack:
+    """The pack in folder ``root``, cached until one of its two files changes."""
+    key = pack_key(root)
     if key not in _PACKS:
         _PACKS.clear() if len(_PACKS) > 64 else None
         _PACKS[key] = Pack(Path(root))
     return _PACKS[key]
 
 
-def iter_runs(root: str | Path) -> Iterator[RunRecord]:
-    """Every run under ``root``, folders and packs alike, sorted by ``rel``; a folder overrides a packed run of the same path."""
+def iter_runs(root: str | Path, skip_packs: set[Path] | frozenset = frozenset()) -> Iterator[RunRecord]:
+    """Every run under ``root``, folders and packs alike, sorted by ``rel``; a folder overrides a packed run of the same path.
+
+    A pack that cannot be read raises :class:`PackError`, except those in ``skip_packs`` (resolved folders), left out.
+    """
     root = Path(root)
     found: dict[str, RunRecord] = {}
     folders: dict[str, RunRecord] = {}
@@ -329,7 +365,11 @@ def iter_runs(root: str | Path) -> Iterator[RunRecord]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # skip .hydra/ and friends
         here = Path(dirpath)
         rel_here = here.relative_to(root).as_posix()
-        if PACK_RUNS in filenames:
+        if skip_packs and (PACK_RUNS in filenames or PACK_METRICS in filenames) and here.resolve() in skip_packs:
+            pass
+        elif PACK_METRICS in filenames and PACK_RUNS not in filenames:
+            raise PackError(lost_runs_line(here))
+        elif PACK_RUNS in filenames:
             pack = load_pack(here)
             for e in pack.entries:
                 rel = e["run"] if rel_here == "." else f"{rel_here}/{e['run']}"
@@ -339,6 +379,11 @@ def iter_runs(root: str | Path) -> Iterator[RunRecord]:
     found.update(folders)
     for rel in sorted(found):
         yield found[rel]
+
+
+def lost_runs_line(root: Path) -> str:
+    """What a folder holding metrics.parquet but no runs.jsonl is."""
+    return f"{Path(root) / PACK_METRICS} is there but {PACK_RUNS} is not (deleted?); restore {PACK_RUNS} from git"
 
 
 def find_packed(run_dir: Path) -> RunRecord | None:

@@ -28,10 +28,11 @@ from bnstudy.archive import (
     config_text,
     iter_runs,
     load_pack,
+    lost_runs_line,
     metrics_text,
+    pack_key,
     summary_text,
 )
-
 
 
 def _entry(rec: RunRecord) -> dict[str, Any]:
@@ -124,7 +125,10 @@ def pack(root: str | Path, log=print) -> tuple[int, list[str]]:
     for parent in root.absolute().parents:
         if (parent / PACK_RUNS).is_file():
             raise PackError(f"{parent} holds a pack that would hold these runs: run --pack on {parent}")
+    if (root / PACK_METRICS).exists() and not (root / PACK_RUNS).exists():
+        raise PackError(lost_runs_line(root))
     old = load_pack(root) if (root / PACK_RUNS).is_file() else None
+    damaged_old = _refuse_damage(root, "packed") if old else {}
     entries = {e["run"]: e for e in (old.entries if old else [])}
     frames = {r: old.metrics_of(r).assign(run=r) for r in entries} if old else {}
     left, packed_dirs = [], []
@@ -148,6 +152,11 @@ def pack(root: str | Path, log=print) -> tuple[int, list[str]]:
         entries[rec.rel] = e
         frames[rec.rel] = pd.DataFrame(cols).assign(run=rec.rel) if cols else None
         packed_dirs.append(rec)
+    unmended = sorted(set(damaged_old) - {rec.rel for rec in packed_dirs})
+    if unmended:  # a damaged packed run is replaced only by an intact folder of the same run
+        rel = unmended[0]
+        raise PackError(f"{root / PACK_RUNS}: {rel} is damaged ({'; '.join(damaged_old[rel])}); nothing was packed: "
+                        f"restore the pack from git (bnstudy-runs {root} --check lists the damage)")
     if not packed_dirs:
         return len(entries), left
     runs = sorted(entries)
@@ -184,41 +193,99 @@ def _remove_run_folder(run_dir: Path, root: Path) -> None:
 
 
 def unpack(root: str | Path) -> int:
-    """Turn ``root``'s pack back into run folders (a folder already there is kept); remove the pack. Returns runs written."""
+    """Turn ``root``'s pack back into run folders, then remove the pack. Returns runs written.
+
+    The whole pack is checked first (:func:`pack_damage`) and a damaged one is refused before anything is
+    written. Every file written is read back before the pack goes; if any does not come back, what was written
+    is removed again and the pack is kept. A run folder already there is kept when it holds the packed run's
+    files; one that differs is refused (unpacking would lose the packed copy).
+    """
     from omegaconf import OmegaConf
 
     from bnstudy.runs import atomic_write_text
 
     root = Path(root)
     if not (root / PACK_RUNS).is_file():
+        if (root / PACK_METRICS).exists():
+            raise PackError(lost_runs_line(root))
         raise PackError(f"{root} holds no {PACK_RUNS}: nothing to unpack")
+    _refuse_damage(root, "unpacked", runs_too=True)
     p = load_pack(root)
-    n = 0
+    top = root.resolve()
+    todo = []
     for e in p.entries:
         d = root / e["run"]
-        if (d / "summary.json").exists():
-            continue  # a folder overrides its packed copy
+        if not d.resolve().is_relative_to(top):  # a symlinked folder on the way
+            raise PackError(f"{d} leads outside {root}; nothing was unpacked")
         rec = RunRecord(e["run"], d, p, e)
-        d.mkdir(parents=True, exist_ok=True)
-        for name in PACKED_FILES:
-            text = rec.file_text(name)
-            if text is not None and name != "summary.json":
-                atomic_write_text(d / name, text)
+        files = {name: text for name in PACKED_FILES if (text := rec.file_text(name)) is not None}
         if e.get("overrides") is not None:
-            (d / ".hydra").mkdir(exist_ok=True)
-            atomic_write_text(d / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(e["overrides"]))
-        atomic_write_text(d / "summary.json", rec.file_text("summary.json") or "")  # last: a run is whole once it has one
-        n += 1
+            files[".hydra/overrides.yaml"] = OmegaConf.to_yaml(e["overrides"])
+        if (d / "summary.json").exists():
+            here = RunRecord(e["run"], d)
+            if any(here.file_text(name) != files.get(name) for name in PACKED_FILES if name in files):
+                raise PackError(f"{d} exists as a folder and differs from its packed copy; nothing was unpacked: "
+                                "move the folder away (or pack it) first")
+            continue  # the folder is this run already
+        todo.append((d, files))
+    written: list[Path] = []
+    made: list[Path] = []
+    try:
+        for d, files in todo:
+            for folder in (d / ".hydra", d):
+                for q in [folder, *folder.parents]:
+                    if q == root or q.exists():
+                        break
+                    made.append(q)
+            (d / ".hydra" if ".hydra/overrides.yaml" in files else d).mkdir(parents=True, exist_ok=True)
+            for name in sorted(files, key=lambda n: n == "summary.json"):  # the summary last: a run is whole once it has one
+                atomic_write_text(d / name, files[name])
+                written.append(d / name)
+        for d, files in todo:  # read back before the pack goes
+            for name, text in files.items():
+                with open(d / name, newline="") as f:
+                    if f.read() != text:
+                        raise PackError(f"{d / name} did not read back as written; the pack is kept")
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        for q in sorted(set(made), key=lambda q: len(q.parts), reverse=True):
+            if q.is_dir() and not any(q.iterdir()):
+                q.rmdir()
+        raise
     (root / PACK_METRICS).unlink(missing_ok=True)
     (root / PACK_RUNS).unlink()
-    return n
+    return len(todo)
+
+
+_PROBLEMS: dict[tuple, list[str]] = {}
 
 
 def pack_problems(root: str | Path) -> list[str]:
-    """What is wrong with the pack in ``root`` as a whole: unreadable files, schema, duplicate runs, row counts."""
+    """What is wrong with the pack in ``root`` that a reader can find without reading every run's metrics.
+
+    Unreadable files, a lost runs.jsonl or defaults line, the table's columns, runs listed twice, rows of runs no
+    line names, row counts, and each line's summary (types, its own checksum) and, for a finished run, config
+    (it names the run's folder). Cached until one of the pack's files changes.
+    """
+    root = Path(root)
+    if not (root / PACK_RUNS).exists():
+        return [lost_runs_line(root)] if (root / PACK_METRICS).exists() else []
+    try:
+        key = pack_key(root)
+    except PackError as e:
+        return [str(e)]
+    if key not in _PROBLEMS:
+        _PROBLEMS.clear() if len(_PROBLEMS) > 64 else None
+        _PROBLEMS[key] = _pack_problems(root)
+    return list(_PROBLEMS[key])
+
+
+def _pack_problems(root: Path) -> list[str]:
     import pyarrow.parquet as pq
 
-    root = Path(root)
+    from bnstudy.runs import DONE, config_dict_problems, seal_problems, summary_problems
+
     try:
         p = load_pack(root)
     except (OSError, PackError) as e:
@@ -226,7 +293,16 @@ def pack_problems(root: str | Path) -> list[str]:
     out = []
     runs = [e["run"] for e in p.entries]
     if len(set(runs)) != len(runs):
-        out.append(f"{PACK_RUNS} lists {len(runs) - len(set(runs))} run(s) twice")
+        twice = next(r for r in runs if runs.count(r) > 1)
+        out.append(f"{PACK_RUNS} lists {len(runs) - len(set(runs))} run(s) twice (e.g. {twice})")
+    for e in p.entries:
+        s = e["summary"]
+        problems = summary_problems(s) + seal_problems(s)
+        if not problems and s.get("status") in DONE and e.get("config") is not None:
+            problems = config_dict_problems(root / e["run"], e["config"], s)
+        if problems:
+            lost = "" if p.shared or len(p.entries) < 2 else f" ({PACK_RUNS} has no defaults line: its first line lost?)"
+            out.append(f"{e['run']}: {'; '.join(problems)}{lost}")
     path = root / PACK_METRICS
     if any(e.get("rows") for e in p.entries) or path.exists():
         try:
@@ -234,12 +310,13 @@ def pack_problems(root: str | Path) -> list[str]:
         except Exception as e:  # pyarrow raises several kinds for a missing or damaged file
             return out + [f"{PACK_METRICS} is unreadable ({type(e).__name__}: {str(e)[:120]}); restore it from git"]
         want = {"run": "string", "step": "int64", "split": "string", "metric": "string", "value": "double", "seconds": "double"}
+        columns = []
         for name, kind in want.items():
             got = str(schema.field(name).type) if name in schema.names else None
             if got is None or kind not in got:  # a dictionary<values=string, ...> column is a string column
-                out.append(f"{PACK_METRICS} column {name} is {got or 'missing'}, expected {kind}")
-        if out:
-            return out
+                columns.append(f"{PACK_METRICS} column {name} is {got or 'missing'}, expected {kind}")
+        if columns:
+            return out + columns
         try:
             counts = p.table().groupby("run", sort=False).size().to_dict()
         except PackError as e:
@@ -254,11 +331,74 @@ def pack_problems(root: str | Path) -> list[str]:
     return out
 
 
+def pack_damage(root: str | Path) -> tuple[list[str], dict[str, list[str]]]:
+    """Everything ``bnstudy-runs --check`` finds in the pack in ``root``: (problems of the pack, {run: its problems})."""
+    from bnstudy.runs import check_record
+
+    root = Path(root)
+    whole = pack_problems(root)
+    if whole or not (root / PACK_RUNS).exists():
+        return whole, {}
+    p = load_pack(root)
+    runs: dict[str, list[str]] = {}
+    for e in p.entries:
+        try:
+            problems = check_record(RunRecord(e["run"], root / e["run"], p, e))
+        except PackError as err:
+            problems = [str(err)]
+        if problems:
+            runs[e["run"]] = problems
+    return whole, runs
+
+
+def _refuse_damage(root: Path, what: str, runs_too: bool = False) -> dict[str, list[str]]:
+    """Raise a :class:`PackError` (one line) when the pack in ``root`` is damaged as a whole (or, with ``runs_too``,
+    in any run); else return its damaged runs."""
+    whole, runs = pack_damage(root)
+    if whole or (runs_too and runs):
+        first = whole[0] if whole else f"{next(iter(runs))}: {'; '.join(next(iter(runs.values())))}"
+        more = len(whole) + len(runs) - 1
+        raise PackError(
+            f"{root} holds a damaged pack ({first}{f'; and {more} more' if more else ''}); nothing was {what}: "
+            f"restore it from git (bnstudy-runs {root} --check lists the damage)"
+        )
+    return runs
+
+
+def refuse_damaged(root: str | Path) -> None:
+    """Raise a :class:`PackError` (one line) when a pack under ``root``, or the one holding ``root``, is damaged as a whole.
+
+    What every reader of a results folder calls first: a pack that cannot be trusted is never read as if it were
+    intact.
+    """
+    root = Path(root)
+    found = find_packs(root) if root.is_dir() else []
+    holder = pack_holding(root)
+    for d in ([holder] if holder is not None else []) + found:
+        problems = pack_problems(d)
+        if problems:
+            raise PackError(damaged_line(d, problems))
+
+
+def damaged_line(d: Path, problems: list[str]) -> str:
+    """The one line that refuses to use the damaged pack in ``d``."""
+    more = f"; and {len(problems) - 1} more" if len(problems) > 1 else ""
+    return f"{d} holds a damaged pack ({problems[0]}{more}); restore it from git (bnstudy-runs {d} --check lists the damage)"
+
+
+def pack_holding(path: str | Path) -> Path | None:
+    """The folder above ``path`` that holds a pack (runs.jsonl, or a metrics.parquet that lost it), if any."""
+    for parent in Path(path).absolute().parents:
+        if (parent / PACK_RUNS).is_file() or (parent / PACK_METRICS).is_file():
+            return parent
+    return None
+
+
 def find_packs(root: str | Path) -> list[Path]:
-    """Every folder under ``root`` (``root`` included) holding a pack."""
+    """Every folder under ``root`` (``root`` included) holding a pack (or a metrics.parquet that lost its runs.jsonl)."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        if PACK_RUNS in filenames:
+        if PACK_RUNS in filenames or PACK_METRICS in filenames:
             found.append(Path(dirpath))
     return sorted(found)

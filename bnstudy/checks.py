@@ -20,6 +20,8 @@ def check_values(cfg: RunConfig) -> None:
     t, o, d, p = cfg.train, cfg.optim, cfg.data, cfg.probe
     if t.progress not in PROGRESS:
         raise ConfigError(f"train.progress must be one of {', '.join(PROGRESS)} (got {t.progress!r})")
+    if t.threads < 0:
+        raise ConfigError(f"train.threads must be 0 (bnstudy picks the count) or a positive count (got {t.threads})")
     if o.name in ("adam", "adamw") and (len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas)):
         raise ConfigError(f"optim.betas must be two numbers in [0, 1), e.g. [0.9,0.999] (got {list(o.betas)})")
     if p.batch_size < 1:

@@ -275,6 +275,9 @@ def main(root: Path, n: int, steps: int | None = None, seed: int = 0) -> int:
     if n < 1 or steps < 1:
         print(f"error: --reproduce and --steps need a positive number (got {n} and {steps})", file=sys.stderr)
         return 2
+    from bnstudy.archive_write import refuse_damaged
+
+    refuse_damaged(root)  # a damaged pack is one line (exit 2), before anything is trained or written
     runs = list(committed_runs(Path(root)))
     picked = sample(runs, n, seed)
     if not picked:

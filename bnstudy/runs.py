@@ -48,8 +48,15 @@ def _finite(obj: Any) -> Any:
 
 
 def write_json(path: Path, obj: dict[str, Any]) -> None:
-    """Atomically write ``obj`` as indented JSON (non-finite floats become null)."""
-    atomic_write_text(path, json.dumps(_finite(obj), indent=2, sort_keys=False) + "\n")
+    """Atomically write ``obj`` as indented JSON (non-finite floats become null).
+
+    A finished run's summary.json (status completed or diverged, with ``checksums``) is sealed as it is written:
+    its ``checksums`` also get ``summary``, the digest of its own result fields (:func:`summary_digest`).
+    """
+    obj = _finite(obj)
+    if Path(path).name == "summary.json" and obj.get("status") in DONE and isinstance(obj.get("checksums"), dict):
+        obj = {**obj, "checksums": {**obj["checksums"], "summary": summary_digest(obj)}}
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -88,6 +95,14 @@ def summary_damage(run_dir: Path) -> str | None:
 
 
 CHECKED_FILES = ("metrics.csv", "config.yaml")
+# summary.json's own results, covered by checksums["summary"]: what a report counts and a sweep's skip trusts
+SEALED = ("status", "step", "final", "best", "params", "seconds", "ms_per_step", "hook_seconds", "diverged_at", "factors", "run")
+
+
+def summary_digest(s: dict[str, Any]) -> str:
+    """sha256 of a canonical form of a summary's result fields (:data:`SEALED`): sorted keys, no spaces, null for non-finite."""
+    fields = {k: s[k] for k in SEALED if k in s}
+    return hashlib.sha256(json.dumps(_finite(fields), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def checksum(text: str) -> str:
@@ -252,8 +267,12 @@ def metrics_problems(path: Path, s: dict[str, Any]) -> list[str]:
     return metrics_text_problems(text, s)
 
 
-def metrics_text_problems(text: str, s: dict[str, Any]) -> list[str]:
-    """What is wrong with a finished run's metrics.csv text, read against its summary ``s``."""
+def metrics_text_problems(text: str, s: dict[str, Any], diverge_loss: float | None = None) -> list[str]:
+    """What is wrong with a finished run's metrics.csv text, read against its summary ``s``.
+
+    With ``diverge_loss`` (the run's ``train.diverge_loss``) the status must agree with the last train loss: a
+    diverged run's is non-finite or above it (the loss that stopped the run), a completed run's is neither.
+    """
     last: dict[tuple[str, str], float] = {}
     best = math.nan
     seen: set[tuple[int, str, str]] = set()
@@ -299,19 +318,29 @@ def metrics_text_problems(text: str, s: dict[str, Any]) -> list[str]:
     recorded_best = (s.get("best") or {}).get("test/acc")
     if recorded_best is not None and not (math.isfinite(best) and float(recorded_best) == best):
         out.append(f"summary.json best test/acc = {recorded_best}, metrics.csv's best is {best!r}")
+    if diverge_loss is not None:
+        loss = last.get(("train", "loss"))
+        bad = loss is not None and (not math.isfinite(loss) or loss > diverge_loss)
+        if s.get("status") == "diverged" and not bad:
+            out.append(f"summary.json says diverged, but metrics.csv's last train loss is {loss!r}, "
+                       f"finite and not above train.diverge_loss {diverge_loss:g}")
+        elif s.get("status") == "completed" and bad:
+            out.append(f"summary.json says completed, but metrics.csv's last train loss {loss!r} diverged "
+                       f"(train.diverge_loss {diverge_loss:g})")
     return out
 
 
 def check_run(run_dir: Path, s: dict[str, Any] | None = None) -> list[str]:
     """Everything found damaged in a run (a folder, or a packed run by its would-be folder); empty: intact.
 
-    Any run: a readable summary.json of the right types. A finished run
-    (completed or diverged) also: a config.yaml that names the run's folder
+    Any run: a readable summary.json of the right types, matching its own
+    ``checksums["summary"]`` where it has one. A finished run (completed or
+    diverged) also: a config.yaml that names the run's folder
     (:func:`bnstudy.config.run_name`), a metrics.csv with the header, parsable
     rows in step order, no duplicate (step, split, metric), a last step equal
     to the summary's (a completed run's at its budget), last values equal to
-    the summary's final and best, and both files matching the summary's
-    ``checksums`` where it has them.
+    the summary's final and best, a status that agrees with the last train loss,
+    and both files matching the summary's ``checksums`` where it has them.
     """
     from bnstudy.archive import RunRecord, find_packed
 
@@ -319,6 +348,12 @@ def check_run(run_dir: Path, s: dict[str, Any] | None = None) -> list[str]:
     rec = RunRecord(run_dir.name, run_dir)
     if not (run_dir / "summary.json").exists():
         rec = find_packed(run_dir) or rec
+    return check_record(rec, s)
+
+
+def check_record(rec: Any, s: dict[str, Any] | None = None) -> list[str]:
+    """:func:`check_run` of one :class:`bnstudy.archive.RunRecord` (a folder's or a pack's)."""
+    run_dir = rec.dir
     if s is None:
         text = rec.file_text("summary.json")
         if text is None:
@@ -331,35 +366,57 @@ def check_run(run_dir: Path, s: dict[str, Any] | None = None) -> list[str]:
             return [f"summary.json is not JSON, cut short? ({e})"]
     problems = summary_problems(s)
     if problems or s.get("status") not in DONE:
-        return problems
+        return problems + seal_problems(s)
     cfg_text, m_text = rec.file_text("config.yaml"), rec.file_text("metrics.csv")
-    problems = _config_problems(run_dir, cfg_text, s)
-    problems += ["metrics.csv is missing"] if m_text is None else metrics_text_problems(m_text, s)
+    problems, cfg = _config_problems(run_dir, cfg_text, s)
+    problems += ["metrics.csv is missing"] if m_text is None else metrics_text_problems(m_text, s, _diverge_loss(cfg))
     sums = s.get("checksums")
     if isinstance(sums, dict):
         for name, text in (("metrics.csv", m_text), ("config.yaml", cfg_text)):
             if name in sums and text is not None and checksum(text) != sums[name]:
                 problems.append(f"{name} does not match summary.json's checksum (edited after the run?)")
-    return problems
+    return problems + seal_problems(s)  # last: what else disagrees says more about an edit
 
 
-def _config_problems(run_dir: Path, text: str | None, s: dict[str, Any]) -> list[str]:
-    """config.yaml must exist, parse, name this run's folder, and (completed) have been trained to its budget."""
+def seal_problems(s: dict[str, Any]) -> list[str]:
+    """Whether a summary's result fields still give the digest it was sealed with (none to check: recorded before digests)."""
+    sums = s.get("checksums") if isinstance(s, dict) else None
+    if isinstance(sums, dict) and "summary" in sums and sums["summary"] != summary_digest(s):
+        return ["summary.json's status or numbers do not match its checksum (edited after the run?)"]
+    return []
+
+
+def _diverge_loss(cfg: Any) -> float | None:
+    """``train.diverge_loss`` of a parsed config.yaml (its default when the key is absent); None without a config."""
+    train = cfg.get("train") if isinstance(cfg, dict) else None
+    if not isinstance(train, dict):
+        return None
+    limit = train.get("diverge_loss", 1000.0)
+    return float(limit) if _is(limit, _NUMBER) else None
+
+
+def _config_problems(run_dir: Path, text: str | None, s: dict[str, Any]) -> tuple[list[str], Any]:
+    """config.yaml must exist, parse, name this run's folder, and (completed) have been trained to its budget; (problems, config)."""
     import yaml
-
-    from bnstudy.config import ConfigError, run_name
 
     if text is None:
         # every run a sweep names has one; a run made elsewhere (a test's hand-made folder) is missing one only
         # if its summary recorded one
         recorded = isinstance(s.get("checksums"), dict) and "config.yaml" in s["checksums"]
-        return ["config.yaml is missing"] if recorded or not _named_differently(run_dir) else []
+        return (["config.yaml is missing"] if recorded or not _named_differently(run_dir) else []), None
     if not text.strip():
-        return ["config.yaml is empty"]
+        return ["config.yaml is empty"], None
     try:
         cfg = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as e:
-        return [f"config.yaml does not parse ({str(e).splitlines()[0]})"]
+        return [f"config.yaml does not parse ({str(e).splitlines()[0]})"], None
+    return config_dict_problems(run_dir, cfg, s), cfg
+
+
+def config_dict_problems(run_dir: Path, cfg: Any, s: dict[str, Any]) -> list[str]:
+    """A parsed config.yaml must name this run's folder and (completed) have been trained to its budget."""
+    from bnstudy.config import ConfigError, run_name
+
     if not isinstance(cfg, dict):
         return ["config.yaml is not a mapping"]
     out = []

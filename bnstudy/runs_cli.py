@@ -11,10 +11,6 @@ def runs(argv: list[str] | None = None) -> None:
     """``bnstudy-runs DIR``: one row per run folder under DIR (factors, status, step, final test accuracy, commit)."""
     import argparse
 
-    import pandas as pd
-
-    from bnstudy.analysis import load_runs
-
     p = argparse.ArgumentParser(prog="bnstudy-runs", description=runs.__doc__)
     p.add_argument("dir", nargs="?", default="results", help="folder holding run folders (searched recursively)")
     p.add_argument("--status", help="only runs with this status (comma-separated: completed,diverged,failed,running)")
@@ -33,10 +29,25 @@ def runs(argv: list[str] | None = None) -> None:
         if d is not None and not Path(d).is_dir():
             p.exit(2, f"error: {d} is not a folder; give the out_dir of a run or sweep\n")
     statuses = a.status.split(",") if a.status else None
-    if a.pack or a.unpack:
-        sys.exit(_pack(Path(a.dir), a.unpack))
     if a.check:
         sys.exit(_check_runs(Path(a.dir), statuses))
+    from bnstudy.archive import PackError
+
+    try:
+        _modes(a, statuses)
+    except PackError as e:  # a damaged pack: one line, nothing written
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _modes(a, statuses: list[str] | None) -> None:
+    """Every mode of ``bnstudy-runs`` but ``--check``."""
+    import pandas as pd
+
+    from bnstudy.analysis import load_runs
+
+    if a.pack or a.unpack:
+        sys.exit(_pack(Path(a.dir), a.unpack))
     if a.stale:
         return _stale_runs(Path(a.dir), statuses)
     if a.reproduce is not None:
@@ -63,11 +74,12 @@ def runs(argv: list[str] | None = None) -> None:
     print("\n" + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())), file=sys.stderr)
 
 
-def _run_folders(root: Path, statuses: list[str] | None):
-    """(run folder, its path relative to root, its summary or None when unreadable), folders and packs alike, filtered by status."""
+def _run_folders(root: Path, statuses: list[str] | None, skip: set[Path] = frozenset()):
+    """(run folder, its path relative to root, its summary or None when unreadable), folders and packs alike, filtered by
+    status; the runs of the packs in ``skip`` (resolved folders) are left out."""
     from bnstudy.archive import iter_runs
 
-    for rec in iter_runs(root):
+    for rec in iter_runs(root, skip_packs=skip):
         s = rec.summary
         if statuses and (not isinstance(s, dict) or s.get("status") not in statuses):
             continue
@@ -96,42 +108,57 @@ def _pack(root: Path, unpack: bool) -> int:
 
 def _check_runs(root: Path, statuses: list[str] | None) -> int:
     """``bnstudy-runs --check``: one line per damaged run or pack; 1 if any is damaged."""
-    from bnstudy.archive import PackError
-    from bnstudy.archive_write import find_packs, pack_problems
+    from bnstudy.archive import PackError, load_pack
+    from bnstudy.archive_write import find_packs, pack_damage
     from bnstudy.runs import check_run
 
     n = damaged = 0
+    unread: set[Path] = set()
+    packed: dict[str, list[str]] = {}
     for d in find_packs(root):
-        problems = pack_problems(d)
-        if problems:
+        whole, runs = pack_damage(d)
+        for line in whole:
+            print(f"damaged pack {d}: {line}")
+        if whole:
             damaged += 1
-            for line in problems:
-                print(f"damaged pack {d}: {line}")
+            unread.add(d.resolve())  # its runs cannot be read one by one: the lines above say why
+        else:
+            for e in load_pack(d).entries:  # each packed run checked with its pack: its problems, or none
+                packed[str((d / e["run"]).resolve())] = runs.get(e["run"], [])
     try:
-        list(_run_folders(root, None))
+        found = list(_run_folders(root, statuses, skip=unread))
     except PackError as e:
         print(f"damaged pack: {e}")
         return 1
-    for d, rel, s in _run_folders(root, statuses):
+    for d, rel, s in found:
         n += 1
-        try:
-            problems = check_run(d, s if isinstance(s, dict) else None)
-        except PackError as e:
-            problems = [str(e)]
+        key = str(d.resolve())
+        if key in packed and not (d / "summary.json").exists():
+            problems = packed[key]  # checked with its pack above
+        else:
+            try:
+                problems = check_run(d, s if isinstance(s, dict) else None)
+            except PackError as e:
+                problems = [str(e)]
         if problems:
             damaged += 1
             print(f"damaged {rel}: {'; '.join(problems)}")
     if n == 0:
-        print(f"no runs under {root}" + (f" with status {','.join(statuses)}" if statuses else ""))
+        if damaged:
+            print(f"{damaged} damaged pack(s) under {root}; restore them from git", file=sys.stderr)
+        else:
+            print(f"no runs under {root}" + (f" with status {','.join(statuses)}" if statuses else ""))
         return 1 if damaged else 0
-    print(f"{n} run(s) checked: {damaged} damaged" + (" (a sweep retrains a damaged run; `bnstudy-report` leaves it out)" if damaged else ", all intact"), file=sys.stderr)
+    print(f"{n} run(s) checked: {damaged} damaged" + (" (a sweep retrains a damaged run folder and refuses a damaged pack; `bnstudy-report` leaves a damaged run out)" if damaged else ", all intact"), file=sys.stderr)
     return 1 if damaged else 0
 
 
 def _stale_runs(root: Path, statuses: list[str] | None) -> None:
     """``bnstudy-runs --stale``: the runs whose recorded training code differs from this checkout's."""
+    from bnstudy.archive_write import refuse_damaged
     from bnstudy.provenance import commit_label, stale_files
 
+    refuse_damaged(root)
     stale = current = unknown = 0
     for _, rel, s in _run_folders(root, statuses):
         changed = stale_files(s) if isinstance(s, dict) else None

@@ -9,6 +9,7 @@ under the same hold.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -44,4 +45,11 @@ def main() -> None:
     except KeyboardInterrupt:
         print(INTERRUPTED_AT_START, file=sys.stderr)
         sys.exit(130)
-    train()
+    try:
+        try:
+            train()
+        finally:
+            sys.stdout.flush()  # here, not at exit, where a closed pipe is an "Exception ignored" traceback
+    except BrokenPipeError:  # the reader stopped early (``bnstudy-train --help | head``): it has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)

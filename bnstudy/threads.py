@@ -18,7 +18,10 @@ Otherwise a run takes the cores actually available to the process (CPU
 affinity and a cgroup CPU quota, not the machine's core count), divided
 between the parallel jobs of a launcher (:func:`share_cores`).
 ``train.threads=N`` overrides all of it and is set exactly as given, so a
-result trained with it reproduces at the same count.
+result trained with it reproduces at the same count (a count above the usable
+cores is warned about once). An ``OMP_NUM_THREADS`` in the environment does not
+set the count (joblib sets one in its workers too); the ``torch threads:`` line
+names it as not used.
 """
 from __future__ import annotations
 
@@ -39,10 +42,12 @@ log = logging.getLogger("bnstudy")
 # MNIST MLP 2.6e7 (one thread); the smallest conv net here, CNN width 8 on 28x28, 3.8e8 (split).
 MIN_SPLIT_FLOPS = 1e8
 WAIT_ENV = "OMP_WAIT_POLICY"
+COUNT_ENV = "OMP_NUM_THREADS"
 
 _wait_note = "OpenMP wait policy not prepared (bnstudy.threads.prepare_openmp not called before torch)"
 _jobs, _cpus = 1, None  # set by the launcher (share_cores): parallel jobs on this machine, cpus per job
 _current: Decision | None = None
+_warned: set[int] = set()  # thread counts already warned about (above the usable cores)
 
 
 @dataclass(frozen=True)
@@ -102,8 +107,13 @@ def share_cores(jobs: int = 1, cpus: int | None = None) -> None:
 
 def decide(cfg: RunConfig) -> Decision:
     """The thread count for ``cfg``: ``train.threads`` when set, else the policy of this module's docstring."""
+    # torch's count is set here either way: an OMP_NUM_THREADS in the environment (the user's, or the one joblib
+    # gives its workers) does not decide it, and the line says so
+    env = os.environ.get(COUNT_ENV)
     if cfg.train.threads > 0:
-        return Decision(cfg.train.threads, f"train.threads={cfg.train.threads}; {_wait_note}")
+        over = f" (over {COUNT_ENV}={env})" if env else ""
+        return Decision(cfg.train.threads, f"train.threads={cfg.train.threads}{over}; {_wait_note}")
+    unused = f"; {COUNT_ENV}={env} is not used: train.threads=N sets the count" if env else ""
     cores, src = available_cores()
     where = f"{cores} cores ({src})"
     if _cpus is not None and _cpus < cores:
@@ -118,7 +128,7 @@ def decide(cfg: RunConfig) -> Decision:
         cores = 1
     else:
         size = f"{cfg.model.name} step {flops:.2g} FLOPs"
-    return Decision(cores, f"{size}; {where}; {_wait_note}")
+    return Decision(cores, f"{size}; {where}; {_wait_note}{unused}")
 
 
 def _flops(cfg: RunConfig) -> float | None:
@@ -139,6 +149,10 @@ def apply(cfg: RunConfig) -> Decision:
 
     global _current
     d = decide(cfg)
+    cores, src = available_cores()
+    if d.threads > cores and d.threads not in _warned:
+        _warned.add(d.threads)  # once per process: a sweep's jobs would repeat it
+        log.warning("torch threads: %d is more than the %d usable cores (%s); the threads will wait for each other", d.threads, cores, src)
     torch.set_num_threads(d.threads)
     _current = d
     log.info("torch threads: %d (%s)", d.threads, d.why)

@@ -7,23 +7,27 @@ at most :data:`MAX_FILES` files of at most :data:`PART_BYTES` bytes. Checkpoints
 are left out, except those of interrupted runs while they fit, so such a run
 can resume where it stopped.
 
-``import`` checks all of it (every part there, sizes and hashes right, only
-plain files under run folders, every finished run intact by ``bnstudy-runs
---check``'s rules) before it writes anything, then moves the runs into their
-folder as if they had been trained there. A finished run already there is kept;
-a failed run, or an interrupted one whose checkpoint stayed behind, is not
-imported (the sweep trains it again).
+``import`` checks all of it (the manifest's shape, every part there and
+inside OUT_DIR, sizes and hashes right, only plain files under run folders
+inside DEST, every finished run intact by ``bnstudy-runs --check``'s rules, no
+damaged pack in DEST, no local folder that would lose anything) before it
+writes anything, then moves the runs into their folder, under each run's lock,
+as if they had been trained there. A finished run already there is kept; an
+unfinished one at an earlier step is updated in place (files that are not the
+run's own stay); anything else in the way refuses the import. A failed run, or
+an interrupted one whose checkpoint stayed behind, is not imported (the sweep
+trains it again). It never removes a folder it did not write.
 
     python -m bnstudy.transfer import OUT_DIR [DEST]      # DEST: the study's out_dir recorded in the manifest
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import json
 import os
-import shutil
 import sys
 import tarfile
 import tempfile
@@ -31,6 +35,7 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from bnstudy.archive import unsafe_path
 from bnstudy.runs import DONE, check_run, read_summary
 
 MANIFEST = "manifest.json"
@@ -122,14 +127,12 @@ def verify(src: Path) -> tuple[dict[str, Any], bytes]:
     """The manifest and the whole archive of the pack in ``src``, or a :class:`TransferError` saying what is wrong."""
     try:
         manifest = json.loads((src / MANIFEST).read_text())
-        parts = manifest["parts"]
-        runs = manifest["runs"]
     except FileNotFoundError:
         raise _refuse(f"{src / MANIFEST} is missing") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError) as e:
         raise _refuse(f"{src / MANIFEST} is unreadable ({type(e).__name__}: {e})") from None
-    if manifest.get("format") != FORMAT:
-        raise _refuse(f"{src / MANIFEST} is format {manifest.get('format')}, this bnstudy reads {FORMAT}")
+    _check_manifest(src, manifest)
+    parts = manifest["parts"]
     blob = bytearray()
     for part in parts:
         p = src / part["name"]
@@ -140,11 +143,39 @@ def verify(src: Path) -> tuple[dict[str, Any], bytes]:
         blob += p.read_bytes()
     if hashlib.sha256(blob).hexdigest() != manifest.get("archive_sha256"):
         raise _refuse("the parts do not join into the archive the manifest names")
-    for r in runs:
-        rel = PurePosixPath(str(r.get("run", "")))
-        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
-            raise _refuse(f"the manifest names an unsafe run path {r.get('run')!r}")
     return manifest, bytes(blob)
+
+
+def _check_manifest(src: Path, manifest: Any) -> None:
+    """The manifest's shape: parts named inside ``src`` with their size and hash, runs with paths inside DEST."""
+    where = src / MANIFEST
+    if not isinstance(manifest, dict):
+        raise _refuse(f"{where} is not a JSON object")
+    if manifest.get("format") != FORMAT:
+        raise _refuse(f"{where} is format {manifest.get('format')}, this bnstudy reads {FORMAT}")
+    parts, runs = manifest.get("parts"), manifest.get("runs")
+    if not isinstance(parts, list) or not parts or not isinstance(runs, list):
+        raise _refuse(f"{where} needs 'parts' and 'runs' lists (parts is {type(parts).__name__}, runs {type(runs).__name__})")
+    for part in parts:
+        if not (isinstance(part, dict) and isinstance(part.get("name"), str) and _is_int(part.get("bytes"))
+                and isinstance(part.get("sha256"), str)):
+            raise _refuse(f"{where} lists a part that is not an object with a name, bytes and sha256: {str(part)[:80]}")
+        if unsafe_path(part["name"]) or "/" in part["name"]:
+            raise _refuse(f"{where} names a part {part['name']!r} outside {src}")
+    seen = set()
+    for r in runs:
+        if not isinstance(r, dict):
+            raise _refuse(f"{where} lists a run that is not an object: {str(r)[:80]}")
+        why = unsafe_path(r.get("run"))
+        if why:
+            raise _refuse(f"the manifest names an unsafe run path: {why}")
+        if r["run"] in seen:
+            raise _refuse(f"the manifest lists run {r['run']} twice")
+        seen.add(r["run"])
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def _extract(blob: bytes, manifest: dict[str, Any], into: Path) -> None:
@@ -173,29 +204,124 @@ def _extract(blob: bytes, manifest: dict[str, Any], into: Path) -> None:
             raise _refuse(f"run {r['run']} is damaged ({'; '.join(damage)})")
 
 
+OWNED = ("summary.json", "metrics.csv", "config.yaml", "checkpoint.pt", "train.log", "error.txt", ".hydra")  # a run's own files
+
+
+def _plan(manifest: dict[str, Any], dest: Path) -> dict[str, list[str]]:
+    """What the import does with each run ("import", "kept" or "left"); a :class:`TransferError` when any local folder
+    would lose something (before anything is written)."""
+    from bnstudy.archive import PackError
+    from bnstudy.archive_write import refuse_damaged
+
+    try:
+        refuse_damaged(dest)  # a pack under DEST (or holding it) that cannot be read is not written beside
+    except PackError as e:
+        raise _refuse(str(e)) from None
+    top = dest.resolve()
+    plan: dict[str, list[str]] = {"import": [], "kept": [], "left": []}
+    for r in manifest["runs"]:
+        rel, status = str(r["run"]), r.get("status")
+        target = dest / rel
+        if not target.resolve().is_relative_to(top):  # a symlinked folder on the way
+            raise _refuse(f"run {rel} would be written outside {dest}")
+        if status not in DONE and not (status == "interrupted" and r.get("checkpoint")):
+            plan["left"].append(rel)  # failed, or no checkpoint to resume from: the sweep trains it again
+            continue
+        here = read_summary(target)
+        if here is None:
+            if target.exists() and (not target.is_dir() or any(p.name != ".lock" for p in target.iterdir())):
+                raise _refuse(f"{target} exists and is not a run folder; move it away, or name another DEST")
+            plan["import"].append(rel)
+        elif here.get("status") in DONE:
+            damage = check_run(target, here)
+            if damage:
+                raise _refuse(f"{target} is a finished run but damaged ({'; '.join(damage)}); check it and move it away first")
+            plan["kept"].append(rel)
+        elif not (target / "summary.json").exists():
+            raise _refuse(f"{target} is in a pack as {here.get('status')}; unpack or fix it first")
+        elif not (isinstance(here.get("step"), int) and isinstance(r.get("step"), int) and here["step"] < r["step"]):
+            raise _refuse(f"{target} is {here.get('status')} at step {here.get('step')}, the imported copy at step "
+                          f"{r.get('step')}: the local run is kept (move it away to import this one)")
+        else:
+            plan["import"].append(rel)  # an unfinished local run at an earlier step: the imported one goes further
+    return plan
+
+
+def _move_in(run: Path, target: Path) -> None:
+    """Move the imported run's files into ``target`` (summary.json last); the run's own files that it does not bring
+    (an older checkpoint, error.txt) go, any other file in ``target`` stays."""
+    new = sorted((p for p in run.rglob("*") if p.is_file()), key=lambda p: (p.name == "summary.json", str(p)))
+    brought = {p.relative_to(run).as_posix() for p in new}
+    for name in OWNED:
+        old = target / name
+        if name == ".hydra" and old.is_dir():
+            for q in old.rglob("*"):
+                if q.is_file() and q.relative_to(target).as_posix() not in brought:
+                    q.unlink()
+        elif name not in brought and name != "summary.json" and old.is_file():
+            old.unlink()
+    for p in new:
+        to = target / p.relative_to(run)
+        to.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(p, to)
+
+
 def import_pack(src: Path, dest: Path) -> dict[str, list[str]]:
-    """Check the pack in ``src`` whole, then move its runs under ``dest``; finished runs already there are kept."""
+    """Check the pack in ``src`` whole, then move its runs under ``dest``.
+
+    Nothing is removed that the import did not write: a finished intact run already there is kept; an unfinished
+    one at an earlier step is updated in place (under its lock, keeping files that are not the run's own); any
+    other folder in the way refuses the whole import before anything is written.
+    """
+    from bnstudy.runs import RunLock
+
     manifest, blob = verify(src)
-    dest.mkdir(parents=True, exist_ok=True)
-    done: dict[str, list[str]] = {"imported": [], "kept": [], "interrupted": [], "left": []}
-    with tempfile.TemporaryDirectory(dir=dest, prefix=".import-") as tmp:
-        _extract(blob, manifest, Path(tmp))
-        for r in manifest["runs"]:
-            rel = str(r["run"])
-            target = dest / rel
-            if r.get("status") != "interrupted" and r.get("status") not in DONE or (r.get("status") == "interrupted" and not r.get("checkpoint")):
-                done["left"].append(rel)  # no checkpoint to resume from, or failed: the sweep trains it again
-                continue
-            here = read_summary(target)
-            if here and here.get("status") in DONE and not check_run(target, here):
-                done["kept"].append(rel)
-                continue
-            if target.exists():
-                shutil.rmtree(target)  # an unfinished or damaged copy: the imported run supersedes it
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(Path(tmp) / rel, target)
-            done["interrupted" if r.get("status") == "interrupted" else "imported"].append(rel)
+    plan = _plan(manifest, dest)
+    made = [q for q in [dest, *dest.parents] if not q.exists()]
+    done: dict[str, list[str]] = {"imported": [], "kept": plan["kept"], "interrupted": [], "left": plan["left"]}
+    status = {str(r["run"]): r.get("status") for r in manifest["runs"]}
+    locks: list[RunLock] = []
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=dest, prefix=".import-") as tmp:
+            _extract(blob, manifest, Path(tmp))
+            for rel in plan["import"]:  # every lock first: a run being trained stops the whole import
+                fresh = not (dest / rel).exists()
+                lock = RunLock(dest / rel)
+                if not lock.acquire():
+                    raise _refuse(f"{dest / rel} is being trained by another process; import again when it is done")
+                locks.append(lock)
+                if fresh:
+                    made.append(dest / rel)
+            for rel in plan["import"]:
+                _move_in(Path(tmp) / rel, dest / rel)
+                done["interrupted" if status[rel] == "interrupted" else "imported"].append(rel)
+    except BaseException:
+        if not done["imported"] and not done["interrupted"]:  # nothing moved in: leave no folder or lock of ours
+            for lock in locks:
+                lock.release()
+                lock.path.unlink(missing_ok=True)
+            for q in sorted(set(made), key=lambda q: len(q.parts), reverse=True):
+                with contextlib.suppress(OSError):
+                    q.rmdir()  # only if empty
+        raise
+    finally:
+        for lock in locks:
+            lock.release()
     return done
+
+
+def default_dest(manifest: dict[str, Any]) -> Path:
+    """DEST when none is given: the manifest's out_dir, which must be a folder inside the current project."""
+    out = manifest.get("out_dir")
+    if not isinstance(out, str) or not out.strip() or out.strip() == ".":
+        raise TransferError("the manifest records no out_dir; name the destination: python -m bnstudy.transfer import OUT_DIR results/STUDY")
+    if unsafe_path(out.rstrip("/")) or not (Path.cwd() / out).resolve().is_relative_to(Path.cwd().resolve()):
+        raise TransferError(
+            f"the manifest's out_dir {out!r} is outside this project; name the destination: "
+            "python -m bnstudy.transfer import OUT_DIR results/STUDY"
+        )
+    return Path(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,9 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         src = Path(args.src)
         manifest, _ = verify(src)
-        dest = Path(args.dest) if args.dest else Path(str(manifest.get("out_dir") or ""))
-        if not str(dest) or str(dest) == ".":
-            raise TransferError("the manifest records no out_dir; name the destination: python -m bnstudy.transfer import OUT_DIR results/STUDY")
+        dest = Path(args.dest) if args.dest else default_dest(manifest)
         done = import_pack(src, dest)
     except TransferError as e:
         print(f"error: {e}", file=sys.stderr)

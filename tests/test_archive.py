@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from bnstudy.archive import PACK_METRICS, PACK_RUNS, config_text, iter_runs, summary_text
+from bnstudy.archive import PACK_METRICS, PACK_RUNS, PackError, config_text, iter_runs, summary_text
 from bnstudy.archive_write import pack, unpack
 from bnstudy.config import run_name
 from bnstudy.runs import MetricsLog, check_run, checksums, read_summary, write_json
@@ -35,9 +35,10 @@ def fake_run(root: Path, seed: int, status: str = "completed", norm: str = "bn")
     log = MetricsLog(run / "metrics.csv")
     for i, v in enumerate(AWKWARD):
         log.write(10, [("train", f"m{i}", v + seed)], seconds=1.23456)
-    log.write(20, [("train", "loss", 0.5 + seed), ("test", "acc", 0.75)], seconds=2.0)
+    loss = 1e9 if status == "diverged" else 0.5 + seed  # a diverged run ends at the loss that stopped it
+    log.write(20, [("train", "loss", loss), ("test", "acc", 0.75)], seconds=2.0)
     log.close()
-    s = {"status": status, "step": 20, "final": {"train/loss": 0.5 + seed, "test/acc": 0.75}, "best": {"test/acc": 0.75},
+    s = {"status": status, "step": 20, "final": {"train/loss": loss, "test/acc": 0.75}, "best": {"test/acc": 0.75},
          "params": 10, "seconds": 2.0, "ms_per_step": 0.1, "factors": {"norm": norm, "seed": seed, "data": "synthetic"},
          "run": run_name(cfg)}
     s["checksums"] = checksums(run)
@@ -194,3 +195,165 @@ def test_the_empty_folders_of_skipped_jobs_go_without_breaking_the_walk(tmp_path
     (tmp_path / "multirun.yaml").write_text("old: record\n")
     keep_sweep_record(tmp_path, b"old: record\n", sweep_id=None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["multirun.yaml"]
+
+
+# ---------------------------------------------------------------- a damaged pack: every command refuses, nothing changes
+
+
+def _lines(root: Path) -> list[str]:
+    return (root / PACK_RUNS).read_text().splitlines(keepends=True)
+
+
+def _edit_line(root: Path, i: int, change) -> None:
+    lines = _lines(root)
+    x = json.loads(lines[i])
+    change(x)
+    lines[i] = json.dumps(x) + "\n"
+    (root / PACK_RUNS).write_text("".join(lines))
+
+
+def _escape(root: Path) -> None:
+    """One run's line and its rows moved to a path leading two folders up."""
+    old = json.loads(_lines(root)[-1])["run"]
+    new = f"../../escape3/{old}"
+    _edit_line(root, -1, lambda x: x.update(run=new))
+    t = pd.read_parquet(root / PACK_METRICS)
+    t["run"] = t["run"].astype(str).replace(old, new)
+    t.to_parquet(root / PACK_METRICS)
+
+
+def _shared(root: Path) -> None:
+    """A value every run shares, on the defaults line, edited."""
+    _edit_line(root, 0, lambda x: x["defaults"]["summary"].update(params=x["defaults"]["summary"]["params"] + 1))
+
+
+PACK_DAMAGE = {
+    # damage: (what it does to the study folder, what --check's first line names)
+    "truncated parquet": (lambda r: (r / PACK_METRICS).write_bytes((r / PACK_METRICS).read_bytes()[:600]), "is unreadable"),
+    "empty runs.jsonl": (lambda r: (r / PACK_RUNS).write_text(""), "not in runs.jsonl"),
+    "a line deleted": (lambda r: (r / PACK_RUNS).write_text("".join(_lines(r)[:-1])), "not in runs.jsonl"),
+    "a line duplicated": (lambda r: (r / PACK_RUNS).write_text("".join(_lines(r) + _lines(r)[-1:])), "twice"),
+    "parquet of another study": (lambda r: shutil.copy(r.parent / "other" / PACK_METRICS, r / PACK_METRICS), "not in runs.jsonl"),
+    "a shared value edited": (_shared, "do not match its checksum"),
+    "a traversal path": (_escape, "leads outside its folder"),
+    "runs.jsonl deleted": (lambda r: (r / PACK_RUNS).unlink(), "runs.jsonl is not"),
+    "defaults line lost": (lambda r: (r / PACK_RUNS).write_text("".join(_lines(r)[1:])), "no defaults line"),
+    "a wrong rows count": (lambda r: _edit_line(r, -1, lambda x: x.update(rows=x["rows"] + 1)), "runs.jsonl says"),
+    "runs.jsonl cut short": (lambda r: (r / PACK_RUNS).write_text((r / PACK_RUNS).read_text()[:-40]), "is not JSON"),
+    "status edited to diverged": (lambda r: _edit_line(r, -1, lambda x: x["summary"].update(status="diverged")), "do not match its checksum"),
+    "params edited": (lambda r: _edit_line(r, -1, lambda x: x["summary"].update(params=7)), "do not match its checksum"),
+    "ms_per_step edited": (lambda r: _edit_line(r, -1, lambda x: x["summary"].update(ms_per_step=0.001)), "do not match its checksum"),
+}
+
+
+@pytest.fixture(scope="module")
+def packed_study(tmp_path_factory) -> Path:
+    """A folder holding ``study`` (two trained runs, packed), ``other`` (another study's pack) and ``transfer`` (a
+    device job's output with a third run), as copies of which each damage case starts."""
+    from bnstudy import transfer
+    from bnstudy.runs_cli import runs
+
+    from .conftest import private_data
+
+    base = tmp_path_factory.mktemp("packed")
+    study = base / "study"
+    with private_data(tmp_path_factory):
+        r = cli(["-m", *FAST, "norm=bn", "seed=0,1", f"out_dir={study}"], cwd=base)
+    assert r.returncode == 0, r.stderr
+    assert call(runs, [str(study), "--pack"])[0] == 0
+    fake_run(base / "other", 5)
+    pack(base / "other")
+    fake_run(base / "gpu", 7)
+    transfer.pack(base / "gpu", base / "transfer", 0, {"out_dir": "study"})
+    shutil.rmtree(base / "gpu")
+    return base
+
+
+def _commands(study: Path, src: Path) -> dict:
+    from bnstudy import transfer
+    from bnstudy.analysis.report import main as report
+    from bnstudy.runs_cli import runs
+
+    def imported(argv):
+        code = transfer.main(argv)
+        raise SystemExit(code)
+
+    return {
+        "listing": lambda: call(runs, [str(study)]),
+        "report": lambda: call(report, [str(study)]),
+        "--unpack": lambda: call(runs, [str(study), "--unpack"]),
+        "--pack": lambda: call(runs, [str(study), "--pack"]),
+        "--compare": lambda: call(runs, [str(study.parent / "other"), "--compare", str(study)]),
+        "--reproduce": lambda: call(runs, [str(study), "--reproduce", "2", "--steps", "10"]),
+        "--stale": lambda: call(runs, [str(study), "--stale"]),
+        "transfer import": lambda: call(imported, ["import", str(src), str(study)]),
+        "re-run": lambda: (lambda r: (r.returncode, r.stdout, r.stderr))(
+            cli(["-m", *FAST, "norm=bn", "seed=0,1", f"out_dir={study}"], cwd=study.parent)
+        ),
+    }
+
+
+@pytest.mark.parametrize("damage", list(PACK_DAMAGE))
+def test_every_command_refuses_a_damaged_pack_and_changes_nothing(damage, packed_study, tmp_path, tmp_data):
+    from bnstudy.runs_cli import runs
+
+    base = tmp_path / "a"
+    shutil.copytree(packed_study, base)
+    study = base / "study"
+    apply, says = PACK_DAMAGE[damage]
+    apply(study)
+    before = files(tmp_path)
+    code, out, err = call(runs, [str(study), "--check"])
+    lines = out.splitlines()
+    assert code == 1 and lines and says in lines[0] and "Traceback" not in err, (out, err)
+    assert len(set(lines)) == len(lines), out  # each problem once
+    for name, command in _commands(study, base / "transfer").items():
+        code, out, err = command()
+        assert code == 2, (name, code, out, err)
+        line = err.strip().splitlines()
+        assert len(line) == 1 and line[0].startswith("error: ") and "Traceback" not in err, (name, err)
+        assert files(tmp_path) == before, f"{name} changed a file"
+    assert not (tmp_path / "escape3").exists()
+
+
+def test_an_intact_pack_unpacks_reading_every_file_back_and_a_differing_folder_is_refused(packed_study, tmp_path):
+    from bnstudy.runs_cli import runs
+
+    study = tmp_path / "study"
+    shutil.copytree(packed_study / "study", study)
+    first = json.loads(_lines(study)[1])["run"]
+    (study / first).mkdir(parents=True)
+    (study / first / "summary.json").write_text('{"status": "running"}\n')  # a folder of the same run, not the packed one
+    before = files(tmp_path)
+    code, _, err = call(runs, [str(study), "--unpack"])
+    assert code == 2 and "differs from its packed copy" in err and files(tmp_path) == before, err
+    (study / first / "summary.json").unlink()
+    (study / first).rmdir()
+    code, out, err = call(runs, [str(study), "--unpack"])
+    assert code == 0 and "unpacked 2 run(s)" in out, err
+    assert not (study / PACK_RUNS).exists() and call(runs, [str(study), "--check"])[0] == 0
+
+
+def test_a_merge_into_a_damaged_pack_is_refused(packed_study, tmp_path):
+    root = tmp_path / "other"
+    shutil.copytree(packed_study / "other", root)
+    (root / PACK_RUNS).write_text((root / PACK_RUNS).read_text().replace('"params": 10', '"params": 11'))
+    fake_run(root, 6)  # a new run folder to merge
+    before = files(tmp_path)
+    with pytest.raises(PackError, match="damaged"):
+        pack(root)
+    assert files(tmp_path) == before
+
+
+def test_a_sealed_summary_names_an_edited_status_and_the_status_must_agree_with_the_loss(tmp_path):
+    run = fake_run(tmp_path, 0)
+    s = json.loads((run / "summary.json").read_text())
+    assert "summary" in s["checksums"] and check_run(run) == []
+    for edit in ({"status": "diverged"}, {"params": 11}, {"ms_per_step": 0.001}):  # in a folder as in a pack
+        (run / "summary.json").write_text(json.dumps({**s, **edit}))
+        assert any("status or numbers do not match its checksum" in p for p in check_run(run)), edit
+    unsealed = {k: v for k, v in s["checksums"].items() if k != "summary"}  # recorded before digests
+    (run / "summary.json").write_text(json.dumps({**s, "status": "diverged", "checksums": unsealed}))
+    assert check_run(run) == ["summary.json says diverged, but metrics.csv's last train loss is 0.5, finite and not above train.diverge_loss 1000"]
+    (run / "summary.json").write_text(json.dumps({**s, "params": 11, "checksums": unsealed}))
+    assert check_run(run) == []

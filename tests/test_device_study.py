@@ -126,8 +126,9 @@ def test_budget_interrupts_then_the_import_resumes(tmp_path, tmp_data, monkeypat
     (run,) = runs_in(gpu)
     s = read_summary(gpu / run)
     assert s["status"] == "interrupted" and "time budget" in s["reason"] and (gpu / run / "checkpoint.pt").exists()
-    m = transfer.pack(gpu, tmp_path / "out", since, {"out_dir": str(dest)})
+    m = transfer.pack(gpu, tmp_path / "out", since, {"out_dir": "results"})  # as the script records it: inside the project
     assert m["runs"] == [{"run": run, "status": "interrupted", "step": s["step"], "checkpoint": True}]
+    monkeypatch.chdir(tmp_path)
     assert transfer.main(["import", str(tmp_path / "out")]) == 0  # into the out_dir the manifest records
     monkeypatch.delenv(devices.DEADLINE_ENV)
     assert run_job(compose([*short, f"out_dir={dest}"])) == "completed"

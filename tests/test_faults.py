@@ -78,6 +78,7 @@ BAD_INPUT = [
     ("probe batches of zero", ["probe.every=2", "probe.batch_size=0"], r"^error: probe\.batch_size must be >= 1"),
     ("an empty training set blames its own key", ["data.train_size=0"], r"^error: data\.train_size must be >= 1"),
     ("an unknown progress mode", ["train.progress=maybe"], r"^error: train\.progress must be one of auto, on, off \(got 'maybe'\)"),
+    ("a negative thread count", ["train.threads=-1"], r"^error: train\.threads must be 0 \(bnstudy picks the count\) or a positive count \(got -1\)"),
 ]
 
 
@@ -334,3 +335,153 @@ def test_ctrl_c_on_a_forced_run_says_what_the_same_command_does(tmp_path, tmp_da
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == step
     resumed = _start([a for a in args if a != "force=true"], tmp_path)  # what the line says: resumes there
     assert resumes_from(resumed, run, step)
+
+
+# ---------------------------------------------------------------- transfer import: nothing lost, nothing outside DEST
+
+
+def _device_run(root: Path, seed: int, status: str, step: int) -> Path:
+    """A run folder as a device job leaves it: finished, or stopped at ``step`` with its checkpoint."""
+    from .test_archive import fake_run
+
+    run = fake_run(root, seed)
+    if status != "completed":
+        s = summary(run)
+        (run / "summary.json").write_text(json.dumps({**s, "status": status, "step": step, "checksums": {}}))
+        (run / "checkpoint.pt").write_bytes(b"state at step %d" % step)
+    return run
+
+
+@pytest.fixture(scope="module")
+def device_out(tmp_path_factory) -> Path:
+    """A device job's output: one run interrupted at step 100 (checkpoint kept), one completed."""
+    from bnstudy import transfer
+
+    base = tmp_path_factory.mktemp("device")
+    _device_run(base / "gpu", 0, "interrupted", 100)
+    _device_run(base / "gpu", 1, "completed", 20)
+    transfer.pack(base / "gpu", base / "out", 0, {"out_dir": "results/study"})
+    return base / "out"
+
+
+def _manifest(out: Path, change) -> None:
+    m = json.loads((out / "manifest.json").read_text())
+    change(m)
+    (out / "manifest.json").write_text(json.dumps(m))
+
+
+def _local(dest: Path, out: Path, status: str, step: int, extra: str = "my_notes.txt") -> Path:
+    """DEST's own copy of the interrupted run: ``status`` at ``step``, with a file of the user's inside."""
+    rel = next(r["run"] for r in json.loads((out / "manifest.json").read_text())["runs"] if r["status"] == "interrupted")
+    run = dest / rel
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"status": status, "step": step}))
+    (run / extra).write_text("mine\n")
+    return run
+
+
+IMPORT_REFUSED = [
+    # (case, what is done to OUT_DIR or DEST, DEST given?, first line of stderr: a regex)
+    ("a local run running further along", lambda out, dest: _local(dest, out, "running", 250), True,
+     r"^error: refused: .* is running at step 250, the imported copy at step 100: the local run is kept"),
+    ("a run named like a study's folder", lambda out, dest: (
+        (dest / "figures").mkdir(parents=True), (dest / "figures" / "plot.png").write_bytes(b"png"),
+        _manifest(out, lambda m: m["runs"][0].update(run="figures"))), True,
+     r"^error: refused: .*figures exists and is not a run folder; move it away"),
+    ("a run the archive does not hold", lambda out, dest: _manifest(out, lambda m: m["runs"][0].update(run="gone-0123abcd/seed0")), True,
+     r"^error: refused: the archive holds .* which is not a plain file of a listed run"),
+    ("an absolute out_dir", lambda out, dest: _manifest(out, lambda m: m.update(out_dir=str(out.parent / "elsewhere"))), False,
+     r"^error: the manifest's out_dir '/.*/elsewhere' is outside this project"),
+    ("an out_dir leading up", lambda out, dest: _manifest(out, lambda m: m.update(out_dir="../elsewhere")), False,
+     r"^error: the manifest's out_dir '\.\./elsewhere' is outside this project"),
+    ("a part outside OUT_DIR", lambda out, dest: _manifest(out, lambda m: m["parts"][0].update(name="../runs.tar.xz")), True,
+     r"^error: refused: .* names a part '\.\./runs\.tar\.xz' outside"),
+    ("runs that are not objects", lambda out, dest: _manifest(out, lambda m: m.update(runs=["seed0"])), True,
+     r"^error: refused: .* lists a run that is not an object"),
+    ("parts as a string", lambda out, dest: _manifest(out, lambda m: m.update(parts="runs.tar.xz")), True,
+     r"^error: refused: .* needs 'parts' and 'runs' lists"),
+    ("a part without its size", lambda out, dest: _manifest(out, lambda m: m["parts"][0].pop("bytes")), True,
+     r"^error: refused: .* lists a part that is not an object with a name, bytes and sha256"),
+]
+
+
+def _import(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bnstudy.transfer", "import", *argv], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("case,damage,named,expected", IMPORT_REFUSED, ids=[c[0] for c in IMPORT_REFUSED])
+def test_a_refused_import_is_one_line_and_changes_nothing(case, damage, named, expected, device_out, tmp_path):
+    out, project = tmp_path / "out", tmp_path / "project"
+    shutil.copytree(device_out, out)
+    project.mkdir()
+    dest = project / "results" / "study"
+    damage(out, dest)
+    before, folders = tree(tmp_path), sorted(p for p in tmp_path.rglob("*") if p.is_dir())
+    r = _import([str(out), str(dest)] if named else [str(out)], cwd=project)
+    assert r.returncode == 2 and re.search(expected, first_line(r.stderr)), r.stderr
+    assert tree(tmp_path) == before, "a file changed"
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_dir()) == folders, "a folder was made or removed (an empty DEST?)"
+
+
+def test_an_import_updates_an_earlier_local_run_in_place_and_keeps_the_users_files(device_out, tmp_path):
+    from bnstudy.runs import RunLock
+
+    dest = tmp_path / "results" / "study"
+    local = _local(dest, device_out, "interrupted", 50)
+    (local / "checkpoint.pt").write_bytes(b"state at step 50")
+    held = RunLock(local)
+    assert held.acquire()  # a sweep training it: refused, nothing moved
+    r = _import([str(device_out), str(dest)], cwd=tmp_path)
+    assert r.returncode == 2 and "being trained by another process" in first_line(r.stderr)
+    assert (local / "checkpoint.pt").read_bytes() == b"state at step 50" and summary(local)["step"] == 50
+    held.release()
+    r = _import([str(device_out), str(dest)], cwd=tmp_path)
+    assert r.returncode == 0 and "imported 1 finished run(s) and 1 interrupted one(s)" in r.stdout, r.stderr
+    assert summary(local)["step"] == 100 and (local / "checkpoint.pt").read_bytes() == b"state at step 100"
+    assert (local / "my_notes.txt").read_text() == "mine\n"  # not the run's own file: kept
+    assert not list(dest.glob(".import-*"))
+
+
+def test_no_dest_imports_into_the_out_dir_inside_the_project(device_out, tmp_path):
+    r = _import([str(device_out)], cwd=tmp_path)
+    assert r.returncode == 0 and len(list((tmp_path / "results" / "study").glob("*/seed*/summary.json"))) == 2, r.stderr
+
+
+# ---------------------------------------------------------------- threads and the console
+
+
+def test_an_omp_num_threads_that_is_not_used_is_said(monkeypatch):
+    from bnstudy import threads
+
+    from .test_threads import _cfg
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    d = threads.decide(_cfg())
+    assert d.threads == 1 and d.why.endswith("; OMP_NUM_THREADS=3 is not used: train.threads=N sets the count"), d
+    d = threads.decide(_cfg(threads_=2))
+    assert d.threads == 2 and d.why.startswith("train.threads=2 (over OMP_NUM_THREADS=3)"), d
+
+
+def test_more_threads_than_cores_warn_once(monkeypatch, caplog):
+    from bnstudy import threads
+
+    from .test_threads import _cfg
+
+    monkeypatch.setattr(threads, "available_cores", lambda: (2, "test"))
+    monkeypatch.setattr(threads, "_warned", set())
+    n = torch.get_num_threads()
+    try:
+        with caplog.at_level("WARNING", logger="bnstudy"):
+            threads.apply(_cfg(threads_=5))
+            threads.apply(_cfg(threads_=5))
+    finally:
+        torch.set_num_threads(n)
+    said = [r.getMessage() for r in caplog.records if "more than the 2 usable cores" in r.getMessage()]
+    assert len(said) == 1, caplog.text
+
+
+def test_help_into_a_closed_pipe_is_quiet(tmp_path):
+    p = subprocess.Popen([sys.executable, "-m", "bnstudy.train", "--help"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader is gone (``| head`` after its lines)
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 0 and "BrokenPipe" not in err and "Traceback" not in err, err

@@ -161,13 +161,21 @@ def test_report_with_validation_and_precise_statistics(tmp_path: Path) -> None:
 def test_report_lists_diverged_and_failed_runs(sweep: Path, tmp_path: Path) -> None:
     import json
 
+    from bnstudy.runs import checksums, write_json
+
     root = tmp_path / "mixed"
     shutil.copytree(sweep, root)
     run = root / "synthetic-mlp-none" / "seed1"
     s = json.loads((run / "summary.json").read_text())
-    (run / "summary.json").write_text(json.dumps({**s, "status": "diverged", "diverged_at": 12}))
+    lines = (run / "metrics.csv").read_text().splitlines(keepends=True)
+    last = max(i for i, line in enumerate(lines) if ",train,loss," in line)  # as a diverged run ends: the loss that stopped it
+    lines[last] = ",".join([*lines[last].split(",")[:3], "1000000000.0", lines[last].split(",")[4]])
+    (run / "metrics.csv").write_text("".join(lines))
+    final = {**s["final"], "train/loss": 1e9}
+    write_json(run / "summary.json", {**s, "status": "diverged", "diverged_at": 12, "final": final, "checksums": checksums(run)})
     run = root / "synthetic-mlp-affine" / "seed1"
-    (run / "summary.json").write_text(json.dumps({**s, "status": "failed", "error": "error.txt"}))
+    failed = {k: v for k, v in s.items() if k != "checksums"}  # a failed run's summary has none
+    (run / "summary.json").write_text(json.dumps({**failed, "status": "failed", "error": "error.txt"}))
     (run / "error.txt").write_text("Traceback ...")
     main([str(root)])
     text = (root / "report.md").read_text()

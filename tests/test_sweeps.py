@@ -104,14 +104,15 @@ def test_affine_at_lr_50_diverges_on_mnist(tmp_path):
 
 def test_a_failing_job_is_isolated(tmp_path, tmp_data):
     env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "inject"), os.environ.get("PYTHONPATH", "")])}
-    r = cli(["-m", *FAST, "norm.name=bn,boom,affine", f"out_dir={tmp_path}"], cwd=tmp_path, env=env)
+    r = cli(["-m", *FAST, "norm.name=bn,boom,boom_build,affine", f"out_dir={tmp_path}"], cwd=tmp_path, env=env)
     assert r.returncode == 1
     s = summaries(tmp_path)
     status = {k.split("-")[2]: v["status"] for k, v in s.items()}
-    assert status == {"bn": "completed", "boom": "failed", "affine": "completed"}
+    assert status == {"bn": "completed", "boom": "failed", "affine": "completed"}  # boom_build left no record ...
     (boom,) = [tmp_path / k for k in s if "-boom-" in k]
     assert "boom: injected failure" in (boom / "error.txt").read_text()
-    assert "1 run(s) failed" in r.stderr and str(boom) in r.stderr
+    assert "2 run(s) failed" in r.stderr and str(boom) in r.stderr  # ... and is counted all the same
+    assert "boom_build: injected failure while building" in r.stderr.split("run(s) failed")[1]
 
 
 BAD = [

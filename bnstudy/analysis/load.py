@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from bnstudy.archive import iter_runs
+from bnstudy.archive_write import refuse_damaged
 from bnstudy.provenance import code_version, commit_label
 from bnstudy.runs import summary_damage
 from bnstudy.sweep_log import SWEEPS_LOG, multirun_command
@@ -117,8 +118,12 @@ def _code(s: dict[str, Any]) -> str | None:
 
 
 def load_runs(root: str | Path) -> pd.DataFrame:
-    """One row per run under ``root`` (folders and packs): run, run_dir, every factor, status and final numbers."""
+    """One row per run under ``root`` (folders and packs): run, run_dir, every factor, status and final numbers.
+
+    A damaged pack is not read: :class:`bnstudy.archive.PackError` says which and what to do.
+    """
     root = Path(root)
+    refuse_damaged(root)
     rows = []
     for rec in iter_runs(root):
         try:
@@ -188,6 +193,7 @@ def load_metrics(root: str | Path, runs: pd.DataFrame | None = None) -> pd.DataF
 
     ``load_metrics("results/depth")`` loads a whole study, packed or not, in one call.
     """
+    refuse_damaged(root)
     if runs is None:
         runs = load_runs(root)
     frames = []

@@ -24,7 +24,8 @@ from bnstudy.analysis.aggregate import (
 )
 from bnstudy.analysis.load import FACTORS, load_metrics, load_runs, sweep_commands
 from bnstudy.analysis.plots import figures, save_figure, variant_order
-from bnstudy.archive import run_file_text
+from bnstudy.archive import PackError, run_file_text
+from bnstudy.archive_write import refuse_damaged
 from bnstudy.analysis.probe_tables import probe_table
 from bnstudy.fmt import fmt
 from bnstudy.provenance import UNKNOWN
@@ -505,8 +506,9 @@ def main(argv: list[str] | None = None) -> None:
     if a.target is not None and not 0 < a.target <= 1:
         p.exit(2, f"error: --target is a test accuracy in (0, 1], got {a.target}\n")
     try:
+        refuse_damaged(a.dir)  # before anything is written
         path = build_report(a.dir, a.out, a.target, a.reference, vector=a.svg)
-    except (NoRuns, UnknownReference, MixedStudies) as e:
+    except (NoRuns, UnknownReference, MixedStudies, PackError) as e:
         p.exit(2, f"error: {e}\n")
     except OSError as e:  # --out a file, a read-only folder, a full disk: the tables cannot be written
         out = a.out or a.dir

@@ -17,6 +17,7 @@ from bnstudy.cli.job import run_job
 from bnstudy.cli.skip import remove_if_empty
 from bnstudy.cli.sweep import SweepCallback
 from bnstudy.errors import INTERRUPTED_AT_START, BnstudyError, causes, no_space
+from bnstudy.runs import read_summary
 from bnstudy.train.stops import Interrupted
 
 log = logging.getLogger("bnstudy")
@@ -58,7 +59,11 @@ def _hydra_main(cfg: DictConfig) -> str:
                 print(f"error: run failed: {type(e).__name__}: {e} (traceback in the run folder's error.txt)", file=sys.stderr)
                 sys.exit(1)
             raise
-        log.error("failed: %s: %s (traceback in error.txt; the sweep goes on)", type(e).__name__, e)
+        if (read_summary(out) or {}).get("status") == "failed":
+            log.error("failed: %s: %s (traceback in error.txt; the sweep goes on)", type(e).__name__, e)
+        else:  # failed before training wrote its record: no error.txt, and the sweep's end must still count it
+            log.error("failed: %s: %s (before training began, so no error.txt; the sweep goes on)", type(e).__name__, e)
+            SweepCallback.unrecorded.append(f"{out}  ({type(e).__name__}: {e})")
         return "failed"
 
 
@@ -69,7 +74,7 @@ def train() -> None:
     line on stderr and exit code 2: Hydra is told to raise its errors
     (HYDRA_FULL_ERROR=1) so they can be reported here in bnstudy's words.
     """
-    SweepCallback.failed, SweepCallback.interrupted = [], []
+    SweepCallback.failed, SweepCallback.interrupted, SweepCallback.unrecorded = [], [], []
     saved = {k: os.environ.get(k) for k in ("HYDRA_FULL_ERROR", FULL_ERROR_ENV)}
     user_full = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ[FULL_ERROR_ENV] = "1" if user_full else "0"
@@ -80,8 +85,8 @@ def train() -> None:
         print(INTERRUPTED_AT_START, file=sys.stderr)
         sys.exit(130)
     except Exception as e:
-        if user_full:
-            raise
+        if user_full or any(isinstance(x, BrokenPipeError) for x in causes(e)):
+            raise  # a closed stdout (``--help | head``) is bnstudy.startup's to end quietly
         line = command_line_error(e)
         if line is not None:
             print(f"error: {line}", file=sys.stderr)

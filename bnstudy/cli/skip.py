@@ -23,6 +23,13 @@ def skip_finished(run_dir: Path, prev: dict[str, Any]) -> bool:
     from bnstudy.runs import check_run
 
     damage = check_run(run_dir, prev)
+    if damage and not (run_dir / "summary.json").exists():  # a packed run: its record is the pack, not to be shadowed
+        from bnstudy.archive import PackError
+
+        raise PackError(
+            f"{run_dir} is damaged in its pack ({'; '.join(damage)}); restore the pack from git, "
+            "or retrain the run beside it with force=true"
+        )
     if damage:
         key = (str(run_dir), prev.get("updated"))
         if key not in _SAID_DAMAGED:  # the job checks again under the lock: one line is enough
@@ -82,8 +89,21 @@ def run_log_files() -> list[RunLogFile]:
     return files
 
 
+def refuse_damaged_pack(run_dir: Path) -> None:
+    """Raise :class:`bnstudy.archive.PackError` (one line, exit 2) when the pack that would hold ``run_dir`` is damaged:
+    a sweep never retrains the runs of a pack it cannot read, nor writes beside it."""
+    from bnstudy.archive import PackError
+    from bnstudy.archive_write import damaged_line, pack_holding, pack_problems
+
+    holder = pack_holding(run_dir)
+    problems = pack_problems(holder) if holder is not None else []
+    if problems:
+        raise PackError(damaged_line(holder, problems))
+
+
 def skip(run_dir: Path, rcfg: RunConfig) -> str | None:
     """The status of a finished run this job skips, else None; a skipped run's folder is left exactly as it was."""
+    refuse_damaged_pack(run_dir)
     prev = read_summary(run_dir)
     if prev is None and (why := summary_damage(run_dir)) and (str(run_dir), why) not in _SAID_DAMAGED:
         _SAID_DAMAGED.add((str(run_dir), why))  # the job checks again under the lock: one line is enough

@@ -23,8 +23,17 @@ class SweepCallback(Callback):
 
     failed: list[str] = []
     interrupted: list[str] = []
+    unrecorded: list[str] = []  # jobs that failed before training wrote a summary (added by the app)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from bnstudy.archive import PackError
+        from bnstudy.archive_write import refuse_damaged
+
+        try:
+            refuse_damaged(Path(config.hydra.sweep.dir))  # before multirun.yaml is written or any job starts
+        except PackError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)  # SystemExit: Hydra turns a callback's Exception into a warning and goes on
         os.environ[SWEEP_ENV] = uuid.uuid4().hex[:12]
         self._record = sweep_record_before(Path(config.hydra.sweep.dir))  # before Hydra rewrites multirun.yaml
 
@@ -40,10 +49,12 @@ class SweepCallback(Callback):
                 failed.append(str(path.parent))
             elif s.get("status") in ("interrupted", "running"):  # running: its job died without a word
                 interrupted.append(f"{path.parent}  (step {s.get('step')}: {s.get('reason', 'stopped')})")
+        failed += SweepCallback.unrecorded
         SweepCallback.failed, SweepCallback.interrupted = failed, interrupted
         keep_sweep_record(root, getattr(self, "_record", None), sweep_id)  # a sweep that trained nothing changes nothing
         if failed:
-            print(f"{len(failed)} run(s) failed (traceback in error.txt of each):", file=sys.stderr)
+            which = "those that began training" if SweepCallback.unrecorded else "each"
+            print(f"{len(failed)} run(s) failed (traceback in error.txt of {which}):", file=sys.stderr)
             for f in failed:
                 print(f"  {f}", file=sys.stderr)
         if interrupted:

@@ -1,5 +1,6 @@
 """Loaded (through PYTHONPATH) only by the failure-isolation test: registers a norm variant
-``boom`` that raises on its 5th training forward, so a job fails mid-run the way a real bug would."""
+``boom`` that raises on its 5th training forward, so a job fails mid-run the way a real bug would,
+and ``boom_build``, which fails before training begins."""
 import torch
 
 from bnstudy.norm import register
@@ -19,3 +20,11 @@ class Boom(torch.nn.Identity):
             if self.calls == 5:
                 raise RuntimeError("boom: injected failure")
         return x
+
+
+@register("boom_build", shift=False)
+class BoomBuild(torch.nn.Identity):
+    """Raises while the model is built: the job fails before training writes any record of the run."""
+
+    def __init__(self, num_features, dim, cfg=None):
+        raise RuntimeError("boom_build: injected failure while building")
