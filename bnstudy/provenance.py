@@ -76,6 +76,29 @@ EQUIVALENT: list[tuple[dict[str, str], dict[str, str], str]] = [
         "bnstudy-runs results/<study> --reproduce 5 --steps 300 on the MLP, CNN, VGG and ResNet studies: "
         "every sampled run bit-identical on the CPU (closing note of 2026-12-01)",
     ),
+    (
+        # the 2026-12-01 layout above, as the committed runs map to it ...
+        {
+            "bnstudy/norm/registry.py": "95563fda2c3e", "bnstudy/norm/variants.py": "24a438d17af4",
+            "bnstudy/train/__init__.py": "8114e2524efc", "bnstudy/train/build.py": "38e268abd14d",
+            "bnstudy/train/hooks.py": "7d97a94c7d16", "bnstudy/train/lifecycle.py": "27013355e579",
+            "bnstudy/train/loop.py": "e3b4e7e74ccf", "bnstudy/train/precise_bn.py": "afc3cc38a94f",
+            "bnstudy/train/probes.py": "8c567ce2e3c4", "bnstudy/train/state.py": "9c57c0238a22",
+        },
+        # ... after the stop classes moved to train/stops.py (2026-12-02), and with train.amp on any device
+        # (train/precision.py), bn_center and bn_scale, centering and scaling declared apart, and adamw (2026-12-03)
+        {
+            "bnstudy/norm/registry.py": "a774ef462065", "bnstudy/norm/variants.py": "e9e4de96cfc4",
+            "bnstudy/train/__init__.py": "5c2a19aa7e33", "bnstudy/train/build.py": "3f92db397a9d",
+            "bnstudy/train/hooks.py": "8d99710e7722", "bnstudy/train/lifecycle.py": "fe90a432e3b8",
+            "bnstudy/train/loop.py": "2ad08ccc7eb4", "bnstudy/train/precise_bn.py": "b837bb73838f",
+            "bnstudy/train/precision.py": "38f10392d34f", "bnstudy/train/probes.py": "092f0dc4d08d",
+            "bnstudy/train/state.py": "1ff5fc2b2e31", "bnstudy/train/stops.py": "d26e21e8f209",
+        },
+        "bnstudy-runs results/<study> --reproduce 2 on ioffe_mnist (300 steps), skipinit, vgg_tuned, fashion_tuned, "
+        "landscape (100) and norm_family (200): 12 of 12 bit-identical on the CPU; and decompose/mlp's 18 bn/affine/none "
+        "runs bit-identical to effective_lr's committed runs of the same names, every logged value (2026-12-03)",
+    ),
 ]  # fmt: skip
 
 
