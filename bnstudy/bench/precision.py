@@ -1,6 +1,7 @@
 """The precision case: full-width ResNet-20 at batch 128 in fp32, bf16 autocast, and bf16 + channels_last, on this device.
 
-Per norm variant and setting it reports images/s of bnstudy's path (a) and of
+ResNet-20 with He init and zero-initialised residual branches, the setting every
+variant trains in. Per norm variant and setting it reports images/s of bnstudy's path (a) and of
 the bare loop over the same build (b), their ratio, and the speed-up of each
 setting over fp32 (a over a). Then the aggregate of two runs side by side with
 one thread each (the way long CPU studies run), in fp32 and in bf16 +
@@ -28,7 +29,9 @@ BATCH = 128
 
 def _overrides(kind: str, norm: str, steps: int, threads: int, device: torch.device) -> list[str]:
     return [
-        *FULL["resnet"], "model.init=he", f"norm={norm}", *data_overrides("cifar10_jpeg", kind, train_size=4 * BATCH),
+        # zero-initialised branches: without them affine and none diverge at the first steps (§15 of results/README.md),
+        # and a diverged run's few steps time its start-up, not its steps
+        *FULL["resnet"], "model.init=he", "model.zero_init_residual=true", f"norm={norm}", *data_overrides("cifar10_jpeg", kind, train_size=4 * BATCH),
         f"train.batch_size={BATCH}", f"train.steps={steps}", "train.eval_every=0", "train.progress=off",
         f"train.checkpoint_every={10**9}", f"train.threads={threads}", f"device={device.type}", "optim.lr=0.01",
         "optim.momentum=0.9",
