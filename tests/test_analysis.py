@@ -494,3 +494,22 @@ def test_large_figures_are_saved_at_a_lower_dpi(tmp_path: Path) -> None:
     w, h = Image.open(path).size
     assert w * h <= PNG_MAX_PIXELS * 1.01
     plt.close("all")
+
+
+def test_difference_of_differences_adds_the_four_variances():
+    from scipy import stats
+
+    from bnstudy.analysis import difference_of_differences, welch
+
+    a, b, c, d = [0.97, 0.96, 0.98], [0.90, 0.91, 0.92, 0.89], [0.95, 0.97, 0.96], [0.94, 0.95, 0.96]
+    r = difference_of_differences(a, b, c, d)
+    v = [np.var(g, ddof=1) / len(g) for g in (a, b, c, d)]
+    df = sum(v) ** 2 / sum(vi**2 / (len(g) - 1) for vi, g in zip(v, (a, b, c, d)))
+    half = stats.t.ppf(0.975, df) * np.sqrt(sum(v))
+    assert r.diff == pytest.approx(np.mean(a) - np.mean(b) - np.mean(c) + np.mean(d))
+    assert (r.lo, r.hi, r.df) == pytest.approx((r.diff - half, r.diff + half, df))
+    # with no second gap (c, d equal constants) it is Welch's interval of a − b
+    w = welch(a, b)
+    same = difference_of_differences(a, b, [0.5, 0.5], [0.5, 0.5])
+    assert (same.diff, same.lo, same.hi, same.p) == pytest.approx((w.diff, w.lo, w.hi, w.p))
+    assert np.isnan(difference_of_differences(a, b, c, [0.9]).lo) and np.isnan(difference_of_differences(a, [], c, d).diff)

@@ -82,6 +82,32 @@ def welch(values: Iterable[float], reference: Iterable[float], level: float = 0.
     return Welch(diff, float(ci.low), float(ci.high), float(res.pvalue), float(res.df))
 
 
+def difference_of_differences(
+    a: Iterable[float], b: Iterable[float], c: Iterable[float], d: Iterable[float], level: float = 0.95
+) -> Welch:
+    """(mean a − mean b) − (mean c − mean d) with a Welch–Satterthwaite ``level`` interval and two-sided p-value.
+
+    Compares a gap measured in two conditions (a − b under Adam against c − d
+    under SGD, say) from four independent groups of seeds: the standard error
+    adds each group's s²/n, and the degrees of freedom follow
+    Welch–Satterthwaite. NaN where a group has fewer than two finite values.
+    """
+    groups = [_finite(g) for g in (a, b, c, d)]
+    if any(len(g) == 0 for g in groups):
+        return Welch(math.nan, math.nan, math.nan, math.nan, math.nan)
+    diff = float(groups[0].mean() - groups[1].mean() - groups[2].mean() + groups[3].mean())
+    if any(len(g) < 2 for g in groups):
+        return Welch(diff, math.nan, math.nan, math.nan, math.nan)
+    v = [g.var(ddof=1) / len(g) for g in groups]
+    se = math.sqrt(sum(v))
+    if se == 0:
+        return Welch(diff, diff, diff, 0.0 if diff else 1.0, math.inf)
+    df = sum(v) ** 2 / sum(vi**2 / (len(g) - 1) for vi, g in zip(v, groups))
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
+    p = float(2 * stats.t.sf(abs(diff) / se, df))
+    return Welch(diff, diff - half, diff + half, p, float(df))
+
+
 def holm(pvalues: Iterable[float]) -> np.ndarray:
     """Holm's step-down adjusted p-values; NaN entries stay NaN and are not counted in the family."""
     p = np.asarray(list(pvalues), dtype=float)
