@@ -357,3 +357,29 @@ def test_a_sealed_summary_names_an_edited_status_and_the_status_must_agree_with_
     assert check_run(run) == ["summary.json says diverged, but metrics.csv's last train loss is 0.5, finite and not above train.diverge_loss 1000"]
     (run / "summary.json").write_text(json.dumps({**s, "params": 11, "checksums": unsealed}))
     assert check_run(run) == []
+
+
+def test_pack_seals_an_intact_run_trained_before_summaries_were_sealed(tmp_path):
+    # a run trained by code from before the digest: its summary.json has file checksums but no "summary" one
+    run = fake_run(tmp_path, 0)
+    s = json.loads((run / "summary.json").read_text())
+    unsealed = {k: v for k, v in s["checksums"].items() if k != "summary"}
+    (run / "summary.json").write_text(json.dumps({**s, "checksums": unsealed}, indent=2) + "\n")
+    damaged = fake_run(tmp_path, 1)
+    d = json.loads((damaged / "summary.json").read_text())
+    (damaged / "summary.json").write_text(json.dumps({**d, "status": "diverged", "checksums": {
+        k: v for k, v in d["checksums"].items() if k != "summary"}}, indent=2) + "\n")  # fmt: skip
+    n, left = pack(tmp_path, log=lambda *a: None)
+    assert n == 1 and len(left) == 1 and "damaged" in left[0]  # an unsealed run that fails the check stays as it was
+    (rec,) = [r for r in iter_runs(tmp_path) if r.packed]
+    assert rec.summary["checksums"]["summary"] == s["checksums"]["summary"]  # sealed as the trainer seals it
+    line = [ln for ln in (tmp_path / PACK_RUNS).read_text().splitlines() if rec.rel in ln][0]
+    (tmp_path / PACK_RUNS).write_text((tmp_path / PACK_RUNS).read_text().replace(line, line.replace('"params": 10', '"params": 11')))
+    assert any("do not match its checksum" in p for p in check_run_problems(tmp_path))
+
+
+def check_run_problems(root: Path) -> list[str]:
+    from bnstudy.archive_write import pack_damage
+
+    whole, per_run = pack_damage(root)
+    return whole + [p for ps in per_run.values() for p in ps]
