@@ -99,6 +99,22 @@ EQUIVALENT: list[tuple[dict[str, str], dict[str, str], str]] = [
         "landscape (100) and norm_family (200): 12 of 12 bit-identical on the CPU; and decompose/mlp's 18 bn/affine/none "
         "runs bit-identical to effective_lr's committed runs of the same names, every logged value (2026-12-03)",
     ),
+    (
+        # train.amp on any device as first committed (e13bf2f, the resnet_full runs) ...
+        {
+            "bnstudy/norm/registry.py": "95563fda2c3e", "bnstudy/norm/variants.py": "24a438d17af4",
+            "bnstudy/train/build.py": "0a56d6ec91b9", "bnstudy/train/precise_bn.py": "8577811ad628",
+            "bnstudy/train/probes.py": "fa464e745002",
+        },
+        # ... with bn_center and bn_scale, centering and scaling declared apart, and adamw (2026-12-03)
+        {
+            "bnstudy/norm/registry.py": "a774ef462065", "bnstudy/norm/variants.py": "e9e4de96cfc4",
+            "bnstudy/train/build.py": "3f92db397a9d", "bnstudy/train/precise_bn.py": "b837bb73838f",
+            "bnstudy/train/probes.py": "092f0dc4d08d",
+        },
+        "bnstudy-runs results/resnet_full/select --reproduce 1 --steps 100: bit-identical in bf16 + channels_last on the CPU "
+        "(2026-12-03)",
+    ),
 ]  # fmt: skip
 
 
