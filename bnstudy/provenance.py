@@ -168,9 +168,17 @@ def _git(repo: Path, *args: str) -> bytes | None:
     return p.stdout if p.returncode == 0 else None
 
 
+# What "dirty" looks at: the whole checkout but results/, where runs write (a sweep appends to a committed
+# study's sweeps.log and multirun.yaml, which says nothing about the code that trained it)
+CODE_PATHS = (".", ":(exclude)results/")
+
+
 @functools.lru_cache(maxsize=None)
 def git_state(repo: Path = PACKAGE_DIR.parent) -> dict[str, Any]:
-    """``commit``, ``dirty`` and (when dirty) ``diff_sha256`` of the checkout holding the package; "unknown" outside one."""
+    """``commit``, ``dirty`` and (when dirty) ``diff_sha256`` of the checkout holding the package; "unknown" outside one.
+
+    ``dirty`` and the diff cover the tracked files outside ``results/`` (:data:`CODE_PATHS`).
+    """
     top = _git(repo, "rev-parse", "--show-toplevel")
     # an installed package may sit inside some unrelated repository: only its own checkout counts
     if top is None or Path(top.decode().strip()).resolve() != Path(repo).resolve():
@@ -178,11 +186,11 @@ def git_state(repo: Path = PACKAGE_DIR.parent) -> dict[str, Any]:
     head = _git(repo, "rev-parse", "HEAD")
     if head is None:
         return {"commit": UNKNOWN, "dirty": None}  # a repository without commits
-    status = _git(repo, "status", "--porcelain", "--untracked-files=no")
+    status = _git(repo, "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
     dirty = None if status is None else bool(status.strip())
     out: dict[str, Any] = {"commit": head.decode().strip(), "dirty": dirty}
     if dirty:
-        diff = _git(repo, "diff", "HEAD", "--binary")
+        diff = _git(repo, "diff", "HEAD", "--binary", "--", *CODE_PATHS)
         out["diff_sha256"] = hashlib.sha256(diff).hexdigest()[:16] if diff is not None else UNKNOWN
     return out
 

@@ -81,6 +81,25 @@ def test_outside_a_git_checkout_the_commit_is_unknown(tmp_path):
     assert git_state(tmp_path) == {"commit": UNKNOWN, "dirty": None}
 
 
+def test_only_changes_outside_results_make_a_checkout_dirty(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True, capture_output=True)
+
+    (tmp_path / "results" / "study").mkdir(parents=True)
+    (tmp_path / "results" / "study" / "sweeps.log").write_text("one sweep\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "first")
+    state = git_state.__wrapped__  # uncached
+    assert state(tmp_path)["dirty"] is False
+    (tmp_path / "results" / "study" / "sweeps.log").write_text("one sweep\nanother sweep\n")  # a run's own log
+    assert state(tmp_path)["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    s = state(tmp_path)
+    assert s["dirty"] is True and len(s["diff_sha256"]) == 16
+
+
 def test_a_changed_variant_makes_its_runs_stale(tmp_path, tmp_data):
     run = train(tmp_path / "out")
     copy = tmp_path / "pkg"
