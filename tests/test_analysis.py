@@ -455,6 +455,20 @@ def test_untunable_says_why(tmp_path: Path, loaded) -> None:
         A.choose_rates(A.load_runs(tmp_path / "sweep"))
 
 
+def test_a_plain_variant_is_precise_only_beside_bn_runs_of_its_own_setting(tmp_path: Path) -> None:
+    # resnet_full's rate choice: bn (branches as initialised, precise) at 0.05 and 0.1, affine with
+    # zero-initialised branches at 0.025, 0.05, 0.1 -- a setting bn never ran, so none of its runs is "precise",
+    # and its three rates stay one group with one rate chosen among three
+    for lr in (0.05, 0.1):
+        write_run(tmp_path, "bn", 0, [0.8], lr=lr, val=0.8, precise=0.81, extra_factors={"zero_init_residual": False})
+    for lr, acc in ((0.025, 0.6), (0.05, 0.65), (0.1, 0.7)):
+        write_run(tmp_path, "affine", 0, [acc], lr=lr, val=acc, extra_factors={"zero_init_residual": True})
+    runs = A.load_runs(tmp_path)
+    assert not runs.loc[runs["norm"] == "affine", "precise_bn"].any()
+    choice = A.choose_rates(runs).set_index("norm")
+    assert choice.loc["affine", "lr"] == 0.1 and choice.loc["affine", "rates"] == 3
+
+
 def test_precise_reruns_are_their_own_group(tmp_path: Path) -> None:
     # a study's bn re-run with precise statistics (same seeds) must not be pooled with its earlier
     # standard-evaluation runs; affine counts as evaluated precisely where bn was

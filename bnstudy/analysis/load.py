@@ -165,8 +165,9 @@ def _fill_precise(df: pd.DataFrame) -> None:
         return
     plain = df["norm"].map(lambda n: n in NORMS and not NORMS[n].running_stats)
     df["precise_bn"] = has
-    setting = [c for c in FACTORS if c in df.columns and c not in ("norm", "seed", "precise_bn")]
-    key = df[setting].astype(str).agg("|".join, axis=1)
+    # every factor but these, the extra ones (zero_init_residual, freeze_after) included
+    setting = [c for c in df.columns if c not in ("run", "run_dir", "norm", "seed", "precise_bn", *RESULT_COLUMNS)]
+    key = df[setting].apply(lambda col: col.map(str)).agg("|".join, axis=1)
     precise_settings = set(key[has & ~plain])
     df.loc[plain, "precise_bn"] = key[plain].isin(precise_settings)
     evaluated = df.loc[plain, "precise_bn"].astype(bool)
