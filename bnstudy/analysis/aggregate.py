@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bnstudy.analysis.load import FACTORS
+from bnstudy.analysis.load import FACTORS, factor_columns
 from bnstudy.runs import DONE
 
 # Test accuracy a run "reaches" per dataset (chosen to separate the variants within the budget).
@@ -125,14 +125,12 @@ def holm(pvalues: Iterable[float]) -> np.ndarray:
 
 def varying_factors(runs: pd.DataFrame, exclude: Sequence[str] = ("seed",)) -> list[str]:
     """Factors that take more than one value across ``runs`` (seed excluded), in table order."""
-    cols = [c for c in FACTORS if c in runs.columns] + [c for c in runs.columns if c not in FACTORS and c in _extra_factors(runs)]
+    cols = [c for c in FACTORS if c in runs.columns] + _extra_factors(runs)
     return [c for c in cols if c not in exclude and runs[c].dropna().astype(str).nunique() > 1]
 
 
 def _extra_factors(runs: pd.DataFrame) -> list[str]:
-    from bnstudy.analysis.load import RESULT_COLUMNS
-
-    return [c for c in runs.columns if c not in ("run", "run_dir", *FACTORS, *RESULT_COLUMNS)]
+    return [c for c in factor_columns(runs) if c not in FACTORS]
 
 
 def group_columns(runs: pd.DataFrame) -> list[str]:

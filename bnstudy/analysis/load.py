@@ -69,6 +69,12 @@ RESULT_COLUMNS = [
 METRIC_COLUMNS = ["run", "step", "split", "metric", "value", "seconds"]
 
 
+def factor_columns(df: pd.DataFrame) -> list[str]:
+    """Every column of a runs table that names a factor: the known ``FACTORS`` and any extra key a study
+    varies (``zero_init_residual``, ``freeze_after``, ...), in table order; not the run's identity or results."""
+    return [c for c in df.columns if c not in ("run", "run_dir", *RESULT_COLUMNS)]
+
+
 def find_run_dirs(root: str | Path) -> list[Path]:
     """Every run under ``root`` as its folder path (a packed run's would-be folder), sorted."""
     return [rec.dir for rec in iter_runs(root)]
@@ -166,7 +172,7 @@ def _fill_precise(df: pd.DataFrame) -> None:
     plain = df["norm"].map(lambda n: n in NORMS and not NORMS[n].running_stats)
     df["precise_bn"] = has
     # every factor but these, the extra ones (zero_init_residual, freeze_after) included
-    setting = [c for c in df.columns if c not in ("run", "run_dir", "norm", "seed", "precise_bn", *RESULT_COLUMNS)]
+    setting = [c for c in factor_columns(df) if c not in ("norm", "seed", "precise_bn")]
     key = df[setting].apply(lambda col: col.map(str)).agg("|".join, axis=1)
     precise_settings = set(key[has & ~plain])
     df.loc[plain, "precise_bn"] = key[plain].isin(precise_settings)
