@@ -4,6 +4,7 @@
 #   bash scripts/resnet_full.sh mid        # 2. 10 epochs, 3 seeds at each setting's chosen rate (15 runs)
 #   bash scripts/resnet_full.sh full       # 3. 30 epochs, 3 seeds at the rates chosen at 10 epochs (9 runs)
 #   bash scripts/resnet_full.sh all        # the three in order
+#   bash scripts/resnet_full.sh ladder     # the scale ladder as markdown: skipinit (width 8), then the rungs that have runs
 # Resumable: every run is one bnstudy-train command, so a finished run is skipped and an interrupted one resumes
 # from its checkpoint; run the same line again to continue. mid and full read the chosen rates from the runs of
 # select and refuse to start while one of its settings has no finished run or its best rate sits at the grid's edge.
@@ -75,5 +76,10 @@ case "$STAGE" in
   select) select_cmds | run_queue ;;
   mid | full) cmds=$(rung_cmds "$STAGE") && printf '%s\n' "$cmds" | run_queue ;;
   all) "$0" select && "$0" mid && "$0" full ;;
-  *) echo "usage: bash scripts/resnet_full.sh select|mid|full|all (JOBS=$JOBS runs at a time)" >&2; exit 2 ;;
+  ladder)
+    rungs=("width 8, 2.6 epochs=results/skipinit")
+    [ -n "$(ls -A results/resnet_full/mid 2>/dev/null)" ] && rungs+=("full width, 10 epochs=results/resnet_full/mid")
+    [ -n "$(ls -A results/resnet_full/full 2>/dev/null)" ] && rungs+=("full width, 30 epochs=results/resnet_full/full")
+    "$BIN/python" -m bnstudy.analysis.ladder "${rungs[@]}" ;;
+  *) echo "usage: bash scripts/resnet_full.sh select|mid|full|all|ladder (JOBS=$JOBS runs at a time)" >&2; exit 2 ;;
 esac

@@ -1,0 +1,192 @@
+"""The scale ladder: the same variants at growing scale, each rung's gap to the reference and how it moves.
+
+A rung is one results folder in which every setting (a variant, and the
+extra factors that change what it is, such as ``zero_init_residual``) ran at
+one rate over several seeds: the ``skipinit`` study at width 8, then
+``resnet_full``'s mid and full rungs at the rates chosen at 10 epochs. Per
+rung and setting the table gives the mean test accuracy (precise statistics
+where the run has them, as everywhere else) with its interval, and the
+difference from the reference in the same rung with Welch's interval. Between
+consecutive rungs, the change of that gap is a difference of differences
+(four independent groups of seeds), and its verdict says whether the gap
+shrinks, grows, flips or holds:
+
+- **flips**: both gaps' intervals exclude zero, with opposite signs;
+- **shrinks** / **grows**: the change's interval excludes zero, towards zero
+  / away from it;
+- **holds**: no change larger than its interval.
+
+``python -m bnstudy.analysis.ladder LABEL=DIR ...`` prints the table as
+markdown (``bash scripts/resnet_full.sh ladder`` names the ResNet's rungs).
+"""
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bnstudy.analysis.aggregate import Welch, difference_of_differences, mean_ci, welch
+from bnstudy.analysis.load import load_runs
+from bnstudy.runs import DONE
+
+SETTING = ("norm", "zero_init_residual")
+RUNG_COLUMNS = ["rung", "setting", "lr", "runs", "diverged", "n", "mean", "lo", "hi", "diff", "diff_lo", "diff_hi", "p"]
+TREND_COLUMNS = ["setting", "from", "to", "change", "change_lo", "change_hi", "p", "verdict"]
+
+
+class NotARung(ValueError):
+    """A results folder that cannot be a rung of the ladder; the message (one line) says what to do."""
+
+
+def setting_label(norm: str, **extra: object) -> str:
+    """``bn``, ``affine + zero_init_residual``, ``bn + freeze_after=500``: the variant and each extra factor that is set."""
+    parts = [norm]
+    for key, value in extra.items():
+        if value is None or (isinstance(value, float) and math.isnan(value)) or value in (False, "False", "false"):
+            continue
+        parts.append(key if value in (True, "True", "true") else f"{key}={value}")
+    return " + ".join(parts)
+
+
+def test_accuracy(runs: pd.DataFrame) -> pd.Series:
+    """Each run's final test accuracy: its precise-statistics one where it has it, else the standard one."""
+    standard = pd.to_numeric(runs["final_test_acc"], errors="coerce").astype(float)
+    if "final_test_precise_acc" not in runs.columns:
+        return standard
+    precise = pd.to_numeric(runs["final_test_precise_acc"], errors="coerce").astype(float)
+    return precise.where(np.isfinite(precise), standard)
+
+
+def rung_table(label: str, runs: pd.DataFrame, reference: str = "bn", by: Sequence[str] = SETTING, level: float = 0.95) -> pd.DataFrame:
+    """One rung: per setting its rate, mean test accuracy with a ``level`` interval, and its gap to ``reference``.
+
+    Finished runs only; a diverged run counts with the accuracy it ended at
+    (chance, for the runs here) and is counted in ``diverged``. Raises
+    :class:`NotARung` when a setting ran at several rates or there is no
+    finished run of ``reference``.
+    """
+    done = _finished(runs, by)
+    if done.empty:
+        raise NotARung(f"rung '{label}' has no finished run; train it first")
+    several = {s: sorted(g["lr"].unique()) for s, g in done.groupby("_setting") if g["lr"].nunique() > 1}
+    if several:
+        s, lrs = next(iter(several.items()))
+        shown = ", ".join(f"{lr:g}" for lr in lrs)
+        raise NotARung(f"rung '{label}' has '{s}' at several rates ({shown}); a rung holds each setting at its one chosen rate")
+    ref = done[done["_setting"] == reference]["_acc"]
+    if ref.empty:
+        raise NotARung(f"rung '{label}' has no finished '{reference}' run to compare with; train it or pass another reference")
+    rows = []
+    for s, g in sorted(done.groupby("_setting"), key=lambda kv: (kv[0] != reference, kv[0])):
+        mean, lo, hi, n = mean_ci(g["_acc"], level)
+        w = welch(g["_acc"], ref, level) if s != reference else Welch(*[math.nan] * 5)
+        rows.append((label, s, float(g["lr"].iloc[0]), len(g), int((g["status"] == "diverged").sum()), n, mean, lo, hi, w.diff, w.lo, w.hi, w.p))
+    return pd.DataFrame(rows, columns=RUNG_COLUMNS)
+
+
+def _finished(runs: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """The finished runs, each with its setting's label (``_setting``) and its test accuracy (``_acc``)."""
+    done = runs[runs["status"].isin(DONE)].copy()
+    for col in by:
+        if col not in done.columns:
+            done[col] = None
+    done["_setting"] = [setting_label(r["norm"], **{c: r[c] for c in by if c != "norm"}) for _, r in done.iterrows()]
+    done["_acc"] = test_accuracy(done)
+    return done
+
+
+def _verdict(prev: pd.Series, nxt: pd.Series, change: Welch) -> str:
+    if not all(np.isfinite([prev["diff"], nxt["diff"], change.lo, change.hi])):
+        return "–"
+    excludes = lambda lo, hi: lo > 0 or hi < 0  # noqa: E731
+    if excludes(prev["diff_lo"], prev["diff_hi"]) and excludes(nxt["diff_lo"], nxt["diff_hi"]) and np.sign(prev["diff"]) != np.sign(nxt["diff"]):
+        return "flips"
+    if not excludes(change.lo, change.hi):
+        return "holds"
+    return "shrinks" if np.sign(change.diff) == -np.sign(prev["diff"]) else "grows"
+
+
+def ladder(rungs: Sequence[tuple[str, pd.DataFrame]], reference: str = "bn", by: Sequence[str] = SETTING,
+           level: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    """Every rung's table (``RUNG_COLUMNS``), and per setting the change of its gap between consecutive rungs that
+    both hold it (``TREND_COLUMNS``: the change as a difference of differences, its interval, p and the verdict)."""
+    tables = [rung_table(label, runs, reference, by, level) for label, runs in rungs]
+    labels = [label for label, _ in rungs]
+    accs = {label: dict(list(_finished(runs, by).groupby("_setting")["_acc"])) for label, runs in rungs}
+    trend = []
+    for i in range(1, len(rungs)):
+        (a, ta), (b, tb) = (labels[i - 1], tables[i - 1]), (labels[i], tables[i])
+        for s in tb["setting"]:
+            if s == reference or s not in set(ta["setting"]):
+                continue
+            change = difference_of_differences(accs[b][s], accs[b][reference], accs[a][s], accs[a][reference], level)
+            prev, nxt = ta.set_index("setting").loc[s], tb.set_index("setting").loc[s]
+            trend.append((s, a, b, change.diff, change.lo, change.hi, change.p, _verdict(prev, nxt, change)))
+    return pd.concat(tables, ignore_index=True), pd.DataFrame(trend, columns=TREND_COLUMNS)
+
+
+def markdown(table: pd.DataFrame, trend: pd.DataFrame, reference: str = "bn") -> str:
+    """The ladder as two markdown tables: accuracy and gap per rung, then the gaps' changes."""
+    rungs = list(dict.fromkeys(table["rung"]))
+    settings = list(dict.fromkeys(table["setting"]))
+    lines = ["| setting | " + " | ".join(rungs) + " |", "| --- |" + " --- |" * len(rungs)]
+    for s in settings:
+        cells = []
+        for r in rungs:
+            row = table[(table["rung"] == r) & (table["setting"] == s)]
+            if row.empty:
+                cells.append("not run")
+                continue
+            x = row.iloc[0]
+            cell = f"{x['mean']:.3f} ± {x['hi'] - x['mean']:.3f} (lr {x['lr']:g}, {x['n']} seeds"
+            cell += f", {x['diverged']} diverged)" if x["diverged"] else ")"
+            if s != reference and np.isfinite(x["diff"]):
+                cell += f"; {x['diff']:+.3f} [{x['diff_lo']:+.3f}, {x['diff_hi']:+.3f}]"
+            cells.append(cell)
+        lines.append(f"| `{s}` | " + " | ".join(cells) + " |")
+    lines += ["", f"Accuracy: mean test accuracy ± the 95% interval's half-width; then the difference from `{reference}` "
+              "in the same rung [95% Welch interval]."]  # fmt: skip
+    if not trend.empty:
+        lines += ["", "| setting | from → to | change of the gap [95% CI] | p | the gap |", "| --- | --- | --- | --- | --- |"]
+        for _, t in trend.iterrows():
+            lines.append(f"| `{t['setting']}` | {t['from']} → {t['to']} | {t['change']:+.3f} [{t['change_lo']:+.3f}, "
+                         f"{t['change_hi']:+.3f}] | {t['p']:.3f} | {t['verdict']} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bnstudy.analysis.ladder LABEL=DIR [LABEL=DIR ...] [--reference NORM]``: the ladder as markdown."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    reference = "bn"
+    if "--reference" in args:
+        i = args.index("--reference")
+        if i + 1 >= len(args):
+            print("ladder: --reference needs a variant name, e.g. --reference bn", file=sys.stderr)
+            return 2
+        reference = args[i + 1]
+        del args[i : i + 2]
+    if not args or any("=" not in a for a in args):
+        print("ladder: give each rung as LABEL=DIR, smallest scale first, e.g. 'width 8=results/skipinit'", file=sys.stderr)
+        return 2
+    rungs = []
+    for a in args:
+        label, folder = a.split("=", 1)
+        if not Path(folder).is_dir():
+            print(f"ladder: rung '{label}': no folder {folder}; check the path (a rung is a study's results folder)", file=sys.stderr)
+            return 2
+        rungs.append((label, load_runs(folder)))
+    try:
+        table, trend = ladder(rungs, reference)
+    except NotARung as e:
+        print(f"ladder: {e}", file=sys.stderr)
+        return 2
+    print(markdown(table, trend, reference), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
