@@ -31,6 +31,7 @@ def test_setting_labels_name_the_factors_that_are_set() -> None:
     assert setting_label("bn", zero_init_residual=False) == "bn"
     assert setting_label("affine", zero_init_residual=True) == "affine + zero_init_residual"
     assert setting_label("bn", zero_init_residual=np.nan, freeze_after=500) == "bn + freeze_after=500"
+    assert setting_label("bn", zero_init_residual=np.bool_(True), freeze_after=1) == "bn + zero_init_residual + freeze_after=1"
 
 
 def test_rung_gaps_use_precise_bn_and_count_divergence() -> None:

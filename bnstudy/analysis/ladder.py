@@ -46,13 +46,16 @@ def setting_label(norm: str, **extra: object) -> str:
     """``bn``, ``affine + zero_init_residual``, ``bn + freeze_after=500``: the variant and each extra factor that is set."""
     parts = [norm]
     for key, value in extra.items():
-        if value is None or (isinstance(value, float) and math.isnan(value)) or value in (False, "False", "false"):
+        if value is None or (isinstance(value, float) and math.isnan(value)):
             continue
-        parts.append(key if value in (True, "True", "true") else f"{key}={value}")
+        if isinstance(value, (bool, np.bool_)) or str(value).lower() in ("true", "false"):
+            parts += [key] if str(value).lower() == "true" else []
+        else:
+            parts.append(f"{key}={value}")
     return " + ".join(parts)
 
 
-def test_accuracy(runs: pd.DataFrame) -> pd.Series:
+def final_test_accuracy(runs: pd.DataFrame) -> pd.Series:
     """Each run's final test accuracy: its precise-statistics one where it has it, else the standard one."""
     standard = pd.to_numeric(runs["final_test_acc"], errors="coerce").astype(float)
     if "final_test_precise_acc" not in runs.columns:
@@ -95,7 +98,7 @@ def _finished(runs: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
         if col not in done.columns:
             done[col] = None
     done["_setting"] = [setting_label(r["norm"], **{c: r[c] for c in by if c != "norm"}) for _, r in done.iterrows()]
-    done["_acc"] = test_accuracy(done)
+    done["_acc"] = final_test_accuracy(done)
     return done
 
 
