@@ -20,7 +20,7 @@ COMMON="experiment=resnet_full train.threads=1 train.progress=off"
 SETTINGS=(
   "norm=bn|0.05 0.1 0.2 0.4"  # 0.2 won among 0.05-0.2, so the grid goes on
   "norm=affine model.zero_init_residual=true|0.025 0.05 0.1 0.2"  # 0.1 won among 0.025-0.1, so the grid goes on
-  "norm=none model.zero_init_residual=true|0.025 0.05 0.1 0.2"  # 0.1 won among 0.05 and 0.1 (0.025 unfinished), so the grid goes on
+  "norm=none model.zero_init_residual=true|0.025 0.05 0.1 0.2 0.4"  # 0.1 won among 0.025-0.1, then 0.2 among 0.025-0.2, so the grid goes on
   "norm=affine|0.0025 0.005 0.01"
   "norm=none|0.0025 0.005 0.01"
 )
