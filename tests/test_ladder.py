@@ -67,11 +67,13 @@ def test_verdicts_shrink_and_grow(big_affine: list[float], verdict: str) -> None
     assert trend.set_index("setting").loc["affine + zero_init_residual", "verdict"] == verdict
 
 
-def test_a_rung_with_several_rates_or_no_reference_is_refused() -> None:
+def test_a_rung_with_several_rates_or_no_reference_or_a_repeated_label_is_refused() -> None:
     with pytest.raises(NotARung, match="several rates \\(0.1, 0.2\\)"):
         rung_table("select", pd.concat([runs_of(SMALL), runs_of({"bn": [0.5, 0.6]}, lr={"bn": 0.2})]))
     with pytest.raises(NotARung, match="no finished 'bn' run"):
         rung_table("x", runs_of({"affine+zi": [0.4, 0.5]}))
+    with pytest.raises(NotARung, match="rung label 'small' is given twice"):
+        ladder([("small", runs_of(SMALL)), ("small", runs_of(BIG))])
 
 
 def test_cli_prints_markdown_and_refuses_bad_input(tmp_path: Path, capsys) -> None:

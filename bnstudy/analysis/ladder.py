@@ -72,7 +72,11 @@ def rung_table(label: str, runs: pd.DataFrame, reference: str = "bn", by: Sequen
     :class:`NotARung` when a setting ran at several rates or there is no
     finished run of ``reference``.
     """
-    done = _finished(runs, by)
+    return _table(label, _finished(runs, by), reference, level)
+
+
+def _table(label: str, done: pd.DataFrame, reference: str, level: float) -> pd.DataFrame:
+    """:func:`rung_table` of the runs :func:`_finished` kept."""
     if done.empty:
         raise NotARung(f"rung '{label}' has no finished run; train it first")
     several = {s: sorted(g["lr"].unique()) for s, g in done.groupby("_setting") if g["lr"].nunique() > 1}
@@ -117,9 +121,13 @@ def ladder(rungs: Sequence[tuple[str, pd.DataFrame]], reference: str = "bn", by:
            level: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
     """Every rung's table (``RUNG_COLUMNS``), and per setting the change of its gap between consecutive rungs that
     both hold it (``TREND_COLUMNS``: the change as a difference of differences, its interval, p and the verdict)."""
-    tables = [rung_table(label, runs, reference, by, level) for label, runs in rungs]
     labels = [label for label, _ in rungs]
-    accs = {label: dict(list(_finished(runs, by).groupby("_setting")["_acc"])) for label, runs in rungs}
+    if len(set(labels)) < len(labels):
+        twice = next(label for label in labels if labels.count(label) > 1)
+        raise NotARung(f"rung label '{twice}' is given twice; give each rung its own label")
+    done = {label: _finished(runs, by) for label, runs in rungs}
+    tables = [_table(label, d, reference, level) for label, d in done.items()]
+    accs = {label: dict(list(d.groupby("_setting")["_acc"])) for label, d in done.items()}
     trend = []
     for i in range(1, len(rungs)):
         (a, ta), (b, tb) = (labels[i - 1], tables[i - 1]), (labels[i], tables[i])
