@@ -21,8 +21,8 @@ SETTINGS=(
   "norm=bn|0.05 0.1 0.2 0.4"  # 0.2 won among 0.05-0.2, so the grid goes on
   "norm=affine model.zero_init_residual=true|0.025 0.05 0.1 0.2"  # 0.1 won among 0.025-0.1, so the grid goes on
   "norm=none model.zero_init_residual=true|0.025 0.05 0.1 0.2 0.4"  # 0.1 won among 0.025-0.1, then 0.2 among 0.025-0.2, so the grid goes on
-  "norm=affine|0.0025 0.005 0.01"
-  "norm=none|0.0025 0.005 0.01"
+  "norm=affine|0.000625 0.00125 0.0025 0.005 0.01"  # 0.0025 won (0.005 and 0.01 diverge), so the grid goes down
+  "norm=none|0.000625 0.00125 0.0025 0.005 0.01"  # 0.0025 won (0.005 stays at chance, 0.01 diverges), so the grid goes down
 )
 # the settings of the full rung (the zero-initialised branches stand for affine and none there)
 FULL=(0 1 2)
