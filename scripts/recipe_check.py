@@ -135,7 +135,7 @@ def train(epochs: int, seed: int, lr: float, batch: int = 128) -> dict:
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         for i in range(0, len(vy), 1000):
             correct += int((net(vx[i : i + 1000].contiguous(memory_format=torch.channels_last)).argmax(1) == vy[i : i + 1000]).sum())
-    return {"check": "train", "epochs": epochs, "steps": step, "seed": seed, "lr": lr, "final_loss": round(float(loss), 4),
+    return {"check": "train", "epochs": epochs, "steps": step, "seed": seed, "lr": lr, "final_loss": round(float(loss.detach()), 4),
             "test_acc": correct / len(vy), "seconds": round(time.time() - start, 1)}  # fmt: skip
 
 
