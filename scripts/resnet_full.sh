@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The resnet_full ladder on a CPU (experiments/resnet_full.yaml), JOBS runs at a time, each with train.threads=1:
-#   bash scripts/resnet_full.sh select     # 1. each setting's rate at 10 epochs, on validation (18 runs)
+#   bash scripts/resnet_full.sh select     # 1. each setting's rate at 10 epochs, on validation (one run per rate)
 #   bash scripts/resnet_full.sh mid        # 2. 10 epochs, 3 seeds at each setting's chosen rate (15 runs)
 #   bash scripts/resnet_full.sh full       # 3. 30 epochs, 3 seeds at the rates chosen at 10 epochs (9 runs)
 #   bash scripts/resnet_full.sh all        # the three in order
@@ -21,7 +21,7 @@ SETTINGS=(
   "norm=bn|0.05 0.1 0.2 0.4"  # 0.2 won among 0.05-0.2, so the grid goes on
   "norm=affine model.zero_init_residual=true|0.025 0.05 0.1 0.2"  # 0.1 won among 0.025-0.1, so the grid goes on
   "norm=none model.zero_init_residual=true|0.025 0.05 0.1 0.2 0.4"  # 0.1 won among 0.025-0.1, then 0.2 among 0.025-0.2, so the grid goes on
-  "norm=affine|0.000625 0.00125 0.0025 0.005 0.01"  # 0.0025 won (0.005 and 0.01 diverge), so the grid goes down
+  "norm=affine|0.0003125 0.000625 0.00125 0.0025 0.005 0.01"  # 0.0025 won (0.005 and 0.01 diverge), then 0.000625, so the grid goes down
   "norm=none|0.000625 0.00125 0.0025 0.005 0.01"  # 0.0025 won (0.005 stays at chance, 0.01 diverges), so the grid goes down
 )
 # the settings of the full rung (the zero-initialised branches stand for affine and none there)
