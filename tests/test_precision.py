@@ -28,8 +28,12 @@ def _cfg(**train) -> RunConfig:
     return cfg
 
 
-@pytest.mark.skipif(not NATIVE, reason="this CPU has no native bf16")
-@pytest.mark.parametrize("amp,channels_last", [(True, True), (True, False), (False, True), (False, False)])
+BF16 = pytest.mark.skipif(not NATIVE, reason="this CPU has no native bf16")
+
+
+@pytest.mark.parametrize(
+    "amp,channels_last", [pytest.param(True, True, marks=BF16), pytest.param(True, False, marks=BF16), (False, True), (False, False)]
+)
 def test_a_run_records_the_precision_and_memory_format_it_computed_in(tmp_path, amp, channels_last):
     seen = []
     real = precision.autocast
@@ -72,6 +76,21 @@ def test_amp_is_refused_where_the_cpu_would_emulate_bf16(monkeypatch):
     with pytest.raises(ConfigError, match=r"^train.amp=true asks for bf16 autocast, but this CPU has neither"):
         precision.check(_cfg(amp=True), torch.device("cpu"))
     precision.check(_cfg(amp=False), torch.device("cpu"))  # fp32 needs nothing
+
+
+def test_channels_last_is_refused_for_a_resnet_narrower_than_8_on_the_cpu(tmp_path):
+    # torch's CPU weight gradient of a 1x1 stride-2 NHWC convolution over 2-7 input channels crashes (a segfault,
+    # seen on an AVX2 CPU); the refusal is one line, exit 2, before any run file exists
+    r = cli(["data=synthetic", "data.channels=3", "data.size=8", "data.train_size=64", "data.test_size=32", "model=resnet",
+             "model.depth=8", "model.width=4", "train.channels_last=true", "train.steps=2", "train.threads=1",
+             f"out_dir={tmp_path / 'out'}"], tmp_path)  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "model.width=4" in lines[0] and "drop train.channels_last=true" in lines[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("summary.json"))
+    cfg = RunConfig.from_dict({"model": {"name": "resnet", "depth": 8, "width": 8}, "train": {"channels_last": True}})
+    precision.check(cfg, torch.device("cpu"))  # width 8 and wider train
+    precision.check(RunConfig.from_dict({"model": {"name": "resnet", "depth": 8, "width": 4}}), torch.device("cpu"))
 
 
 @pytest.mark.skipif(not NATIVE, reason="needs a CPU with native bf16, to show that AVX2 kernels take it away")

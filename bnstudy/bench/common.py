@@ -158,6 +158,18 @@ def compose(overrides: list[str]) -> RunConfig:
     return RunConfig.from_dict(plain)  # type: ignore[arg-type]
 
 
+def unsupported(device: torch.device) -> str | None:
+    """Why bf16 autocast is refused on ``device`` (None where it runs natively)."""
+    from bnstudy.errors import ConfigError
+    from bnstudy.train import precision
+
+    try:
+        precision.check(compose(["train.amp=true", f"device={device.type}"]), device)
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
 def with_steps(cfg: RunConfig, steps: int) -> RunConfig:
     """A copy of ``cfg`` that trains ``steps`` steps without evaluating."""
     out = copy.deepcopy(cfg)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from bnstudy.bench.common import Check, Options, compose, data_kind, data_overrides, log
+from bnstudy.bench.common import Check, Options, compose, data_kind, data_overrides, log, unsupported
 from bnstudy.bench.contenders import median, run_bare, run_bnstudy
 from bnstudy.flops import step_flops
 
@@ -64,7 +64,10 @@ def bench_full(opts: Options, tmp: Path, device: torch.device, threads: int) -> 
     cpu = device.type == "cpu"
     steps = opts.steps or (1 if opts.quick else (3 if cpu else 50))
     batches = (128,) if opts.quick else BATCHES
-    toggles = {k: v for k, v in TOGGLES.items() if not (opts.quick and "train.compile=true" in v)}
+    why = unsupported(device)
+    toggles = {k: v for k, v in TOGGLES.items() if not (opts.quick and "train.compile=true" in v) and not (why and "train.amp=true" in v)}
+    if why:
+        log(f"full: amp rows left out: {why}")
     models = [m for m in opts.models if m in FULL] or list(FULL)
     peak, peak_note = peak_tflops(device, opts.peak_tflops)
     rows, checks = [], []

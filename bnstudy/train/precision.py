@@ -6,6 +6,12 @@ optimizer state and the loss stay fp32. On a CPU, autocast is worth having only
 where the CPU computes bf16 itself (AVX-512 BF16 or AMX, and kernels built for
 them): elsewhere torch emulates bf16 in fp32 registers and a step is several
 times slower than plain fp32, so :func:`check` refuses ``amp`` there.
+
+``train.channels_last=true`` on a CPU is refused for a ResNet narrower than 8:
+its first stride-2 shortcut is a 1x1 convolution over ``model.width`` channels,
+and torch's CPU kernel for the weight gradient of a 1x1 stride-2 NHWC
+convolution over 2 to 7 input channels crashes the process (seen with torch
+2.14.1 on an AVX2 CPU: a segfault at the first backward pass).
 """
 from __future__ import annotations
 
@@ -39,7 +45,13 @@ def cpu_bf16() -> str | None:
 
 
 def check(cfg: RunConfig, device: torch.device) -> None:
-    """Refuse ``train.amp`` where bf16 would be emulated (far slower than fp32), naming why and what to do."""
+    """Refuse ``train.amp`` where bf16 would be emulated (far slower than fp32), and channels_last where a CPU
+    kernel would crash, naming why and what to do."""
+    if device.type == "cpu" and channels_last(cfg) and cfg.model.name == "resnet" and cfg.model.width < 8:
+        raise ConfigError(
+            f"train.channels_last=true with a ResNet of model.width={cfg.model.width} crashes torch's CPU kernel "
+            "(the 1x1 stride-2 shortcut over fewer than 8 channels); use model.width>=8 or drop train.channels_last=true"
+        )
     if not cfg.train.amp:
         return
     if device.type == "cpu":
