@@ -70,6 +70,11 @@ def test_verdicts_shrink_and_grow(big_affine: list[float], verdict: str) -> None
 def test_a_rung_with_several_rates_or_no_reference_or_a_repeated_label_is_refused() -> None:
     with pytest.raises(NotARung, match="several rates \\(0.1, 0.2\\)"):
         rung_table("select", pd.concat([runs_of(SMALL), runs_of({"bn": [0.5, 0.6]}, lr={"bn": 0.2})]))
+    # the same rate in another configuration (bf16 and fp32 seeds of bn, say) is not one setting either
+    mixed = runs_of(SMALL).assign(run=lambda d: [f"x-{d.norm[i]}-{'aa' if i else 'bb'}/seed{d.seed[i]}" for i in d.index])
+    with pytest.raises(NotARung, match="'bn' under several configurations \\(x-bn-aa, x-bn-bb\\)"):
+        rung_table("full", mixed)
+    rung_table("full", mixed.assign(run=lambda d: [f"x-{d.norm[i]}-{d.zero_init_residual[i]}/seed{d.seed[i]}" for i in d.index]))
     with pytest.raises(NotARung, match="no finished 'bn' run"):
         rung_table("x", runs_of({"affine+zi": [0.4, 0.5]}))
     with pytest.raises(NotARung, match="rung label 'small' is given twice"):

@@ -69,8 +69,8 @@ def rung_table(label: str, runs: pd.DataFrame, reference: str = "bn", by: Sequen
 
     Finished runs only; a diverged run counts with the accuracy it ended at
     (chance, for the runs here) and is counted in ``diverged``. Raises
-    :class:`NotARung` when a setting ran at several rates or there is no
-    finished run of ``reference``.
+    :class:`NotARung` when a setting ran at several rates or under several
+    configurations (run folder names), or there is no finished run of ``reference``.
     """
     return _table(label, _finished(runs, by), reference, level)
 
@@ -84,6 +84,13 @@ def _table(label: str, done: pd.DataFrame, reference: str, level: float) -> pd.D
         s, lrs = next(iter(several.items()))
         shown = ", ".join(f"{lr:g}" for lr in lrs)
         raise NotARung(f"rung '{label}' has '{s}' at several rates ({shown}); a rung holds each setting at its one chosen rate")
+    if "run" in done.columns:  # one configuration per setting: same rate but, say, another precision is another run
+        configs = {s: sorted({str(r).split("/")[0] for r in g["run"]}) for s, g in done.groupby("_setting")}
+        mixed = {s: c for s, c in configs.items() if len(c) > 1}
+        if mixed:
+            s, names = next(iter(mixed.items()))
+            raise NotARung(f"rung '{label}' has '{s}' under several configurations ({', '.join(names)}); "
+                           "a rung holds each setting at one configuration: move the others to a folder of their own")  # fmt: skip
     ref = done[done["_setting"] == reference]["_acc"]
     if ref.empty:
         raise NotARung(f"rung '{label}' has no finished '{reference}' run to compare with; train it or pass another reference")
