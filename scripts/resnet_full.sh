@@ -5,7 +5,7 @@
 #   bash scripts/resnet_full.sh rate_check # beside 2: 10 epochs, 3 seeds at a setting's runner-up rate (RATE_CHECK)
 #   bash scripts/resnet_full.sh full       # 3. 30 epochs, 3 seeds at the rates chosen at 10 epochs (9 runs)
 #   bash scripts/resnet_full.sh all        # select, mid, rate_check, full in order
-#   bash scripts/resnet_full.sh ladder     # the scale ladder as markdown: skipinit (width 8), then the rungs that have runs
+#   bash scripts/resnet_full.sh ladder     # the scale ladder as markdown: skipinit (width 8), then each rung with a finished run
 # Resumable: every run is one bnstudy-train command, so a finished run is skipped and an interrupted one resumes
 # from its checkpoint; run the same line again to continue. mid and full read the chosen rates from the runs of
 # select and refuse to start while one of its settings has no finished run or its best rate sits at the grid's edge.
@@ -77,6 +77,10 @@ print(f"{lr:g}")
 EOF
 }
 
+finished() {  # exit 0 when the results folder $1 holds a finished run (a rung still training its first runs is left out)
+  [ -d "$1" ] && "$BIN/python" -c "import sys; from bnstudy.analysis.load import load_runs; from bnstudy.runs import DONE; r = load_runs(sys.argv[1]); sys.exit(0 if len(r) and r['status'].isin(DONE).any() else 1)" "$1" 2>/dev/null
+}
+
 rung_cmds() {  # $1: mid | full
   local idx=("${!SETTINGS[@]}") extra=""
   if [ "$1" = full ]; then idx=("${FULL[@]}"); extra="train.steps=11700 train.eval_every=1170"; fi
@@ -98,8 +102,8 @@ case "$STAGE" in
   all) "$0" select && "$0" mid && "$0" rate_check && "$0" full ;;
   ladder)
     rungs=("width 8, 2.6 epochs=results/skipinit")
-    [ -n "$(ls -A results/resnet_full/mid 2>/dev/null)" ] && rungs+=("full width, 10 epochs=results/resnet_full/mid")
-    [ -n "$(ls -A results/resnet_full/full 2>/dev/null)" ] && rungs+=("full width, 30 epochs=results/resnet_full/full")
+    finished "results/resnet_full/mid" && rungs+=("full width, 10 epochs=results/resnet_full/mid")
+    finished "results/resnet_full/full" && rungs+=("full width, 30 epochs=results/resnet_full/full")
     "$BIN/python" -m bnstudy.analysis.ladder "${rungs[@]}" ;;
   *) echo "usage: bash scripts/resnet_full.sh select|mid|rate_check|full|all|ladder (JOBS=$JOBS runs at a time)" >&2; exit 2 ;;
 esac
