@@ -78,7 +78,7 @@ EOF
 }
 
 finished() {  # exit 0 when the results folder $1 holds a finished run (a rung still training its first runs is left out)
-  [ -d "$1" ] && "$BIN/python" -c "import sys; from bnstudy.analysis.load import load_runs; from bnstudy.runs import DONE; r = load_runs(sys.argv[1]); sys.exit(0 if len(r) and r['status'].isin(DONE).any() else 1)" "$1" 2>/dev/null
+  [ -d "$1" ] && "$BIN/python" -c "import sys; from bnstudy.analysis.load import load_runs; from bnstudy.runs import DONE; r = load_runs(sys.argv[1]); sys.exit(0 if len(r) and r['status'].isin(DONE).any() else 1)" "$1"
 }
 
 rung_cmds() {  # $1: mid | full
