@@ -90,6 +90,7 @@ def bench_full(opts: Options, tmp: Path, device: torch.device, threads: int) -> 
                 mfu = a * flops / bs / (peak * 1e12) if peak else float("nan")
                 rows.append({"model": m, "batch_size": bs, "toggles": name, "steps": steps, "ips_bnstudy": a, "ips_bare": b,
                              "ratio_a_b": a / b, "gflop_per_step": flops / 1e9, "mfu": mfu})  # fmt: skip
+                log(f"full {m} bs {bs} {name}: {a:,.0f} img/s (bare {b:,.0f}, a/b {a / b:.2f}, MFU {mfu:.3f})")  # kept if cut off
     for m in models:
         best = max((r for r in rows if r["model"] == m), key=lambda r: r["ips_bnstudy"])
         checks.append(Check(f"{m} full a/b", best["ratio_a_b"], f"fastest setting: bs {best['batch_size']} {best['toggles']}, {best['ips_bnstudy']:,.0f} img/s"))
@@ -136,6 +137,7 @@ def bench_concurrent(opts: Options, device: torch.device, kind: str) -> list[Che
     for n in opts.concurrent:
         log(f"full resnet: {n} concurrent run(s)")
         agg[n], wall = concurrent_runs(n, _overrides("resnet", 128, kind, device, steps, max(1, cores // n)) + extra)
+        log(f"full resnet: {n} concurrent run(s): {agg[n]:,.0f} img/s in all ({wall:.0f} s wall)")
     checks = [Check(f"resnet x{n} concurrent img/s", v, f"{steps} steps each") for n, v in agg.items()]
     if 1 in agg and 8 in agg:
         checks.append(Check("resnet x8 concurrent / x1", agg[8] / agg[1], "aggregate throughput, 8 runs vs 1"))
