@@ -6,6 +6,8 @@
 #   bash scripts/resnet_full.sh full       # 3. 30 epochs, 3 seeds at the rates chosen at 10 epochs (9 runs)
 #   bash scripts/resnet_full.sh all        # select, mid, rate_check, full in order
 #   bash scripts/resnet_full.sh ladder     # the scale ladder as markdown: skipinit (width 8), then each rung with a finished run
+# The 30-epoch rung also ran on one GPU (results/resnet_full/gpu, bf16 + channels_last as the experiment sets), one
+# scripts/device_study.sh per setting at the rates chosen here, imported with python -m bnstudy.transfer import (README).
 # Resumable: every run is one bnstudy-train command, so a finished run is skipped and an interrupted one resumes
 # from its checkpoint; run the same line again to continue. mid and full read the chosen rates from the runs of
 # select and refuse to start while one of its settings has no finished run or its best rate sits at the grid's edge.
@@ -103,7 +105,8 @@ case "$STAGE" in
   ladder)
     rungs=("width 8, 2.6 epochs=results/skipinit")
     finished "results/resnet_full/mid" && rungs+=("full width, 10 epochs=results/resnet_full/mid")
-    finished "results/resnet_full/full" && rungs+=("full width, 30 epochs=results/resnet_full/full")
+    finished "results/resnet_full/gpu" && rungs+=("full width, 30 epochs (GPU, bf16)=results/resnet_full/gpu")
+    finished "results/resnet_full/full" && rungs+=("full width, 30 epochs (CPU, fp32)=results/resnet_full/full")
     "$BIN/python" -m bnstudy.analysis.ladder "${rungs[@]}" ;;
   *) echo "usage: bash scripts/resnet_full.sh select|mid|rate_check|full|all|ladder (JOBS=$JOBS runs at a time)" >&2; exit 2 ;;
 esac
