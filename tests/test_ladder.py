@@ -97,3 +97,16 @@ def test_cli_prints_markdown_and_refuses_bad_input(tmp_path: Path, capsys) -> No
     assert "no folder" in capsys.readouterr().err
     assert main(["no-equals-sign"]) == 2
     assert "LABEL=DIR" in capsys.readouterr().err
+
+
+def test_a_setting_with_one_seed_prints_its_mean_without_an_interval() -> None:
+    # a rung still training: one finished seed has a mean and a gap (to bn precise, 0.93) but no interval, and says so
+    from bnstudy.analysis.ladder import markdown
+
+    one = {"bn": BIG["bn"], "affine+zi": [0.70]}
+    text = markdown(*ladder([("small", runs_of(SMALL)), ("big", runs_of(one))]))
+    assert "nan" not in text
+    row = next(line for line in text.splitlines() if line.startswith("| `affine + zero_init_residual`"))
+    assert "0.700 (lr 0.1, 1 seed); -0.230 (no interval: one seed)" in row
+    change = next(line for line in text.splitlines() if "small → big" in line and "affine + zero_init_residual" in line)
+    assert "(no interval: one seed) | – | – |" in change

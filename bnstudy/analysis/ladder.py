@@ -160,10 +160,12 @@ def markdown(table: pd.DataFrame, trend: pd.DataFrame, reference: str = "bn") ->
                 cells.append("not run")
                 continue
             x = row.iloc[0]
-            cell = f"{x['mean']:.3f} ± {x['hi'] - x['mean']:.3f} (lr {x['lr']:g}, {x['n']} seeds"
+            seeds = f"{x['n']} seed" + ("s" if x["n"] != 1 else "")
+            spread = f" ± {x['hi'] - x['mean']:.3f}" if np.isfinite(x["hi"]) else ""  # one seed: no interval
+            cell = f"{x['mean']:.3f}{spread} (lr {x['lr']:g}, {seeds}"
             cell += f", {x['diverged']} diverged)" if x["diverged"] else ")"
             if s != reference and np.isfinite(x["diff"]):
-                cell += f"; {x['diff']:+.3f} [{x['diff_lo']:+.3f}, {x['diff_hi']:+.3f}]"
+                cell += f"; {x['diff']:+.3f} {_interval(x['diff_lo'], x['diff_hi'])}"
             cells.append(cell)
         lines.append(f"| `{s}` | " + " | ".join(cells) + " |")
     lines += ["", f"Accuracy: mean test accuracy ± the 95% interval's half-width; then the difference from `{reference}` "
@@ -171,9 +173,15 @@ def markdown(table: pd.DataFrame, trend: pd.DataFrame, reference: str = "bn") ->
     if not trend.empty:
         lines += ["", "| setting | from → to | change of the gap [95% CI] | p | the gap |", "| --- | --- | --- | --- | --- |"]
         for _, t in trend.iterrows():
-            lines.append(f"| `{t['setting']}` | {t['from']} → {t['to']} | {t['change']:+.3f} [{t['change_lo']:+.3f}, "
-                         f"{t['change_hi']:+.3f}] | {t['p']:.3f} | {t['verdict']} |")  # fmt: skip
+            p = f"{t['p']:.3f}" if np.isfinite(t["p"]) else "–"
+            lines.append(f"| `{t['setting']}` | {t['from']} → {t['to']} | {t['change']:+.3f} "
+                         f"{_interval(t['change_lo'], t['change_hi'])} | {p} | {t['verdict']} |")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _interval(lo: float, hi: float) -> str:
+    """``[lo, hi]``, or a note where a group of one seed leaves no interval."""
+    return f"[{lo:+.3f}, {hi:+.3f}]" if np.isfinite(lo) and np.isfinite(hi) else "(no interval: one seed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
