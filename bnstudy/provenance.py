@@ -115,6 +115,14 @@ EQUIVALENT: list[tuple[dict[str, str], dict[str, str], str]] = [
         "bnstudy-runs results/resnet_full/select --reproduce 1 --steps 100: bit-identical in bf16 + channels_last on the CPU "
         "(2026-12-03)",
     ),
+    (
+        # the run folder's lifecycle as the resnet_full rungs and the optimizer and decompose studies recorded it ...
+        {"bnstudy/train/lifecycle.py": "fe90a432e3b8"},
+        # ... keeping which machine trained which steps (provenance.segments; 2026-12-04)
+        {"bnstudy/train/lifecycle.py": "af9f10ffe10e"},
+        "bnstudy-runs results/<study> --reproduce 2 on decompose/mlp and optimizer/cnn (300 steps): 4 of 4 "
+        "bit-identical on the CPU (2026-12-04)",
+    ),
 ]  # fmt: skip
 
 
@@ -303,3 +311,42 @@ def commit_label(summary: dict[str, Any]) -> str:
     if not isinstance(commit, str) or commit == UNKNOWN:
         return UNKNOWN
     return commit[:7] + ("+dirty" if prov.get("dirty") else "")
+
+
+# What decides a run's rounding besides its code: a run resumed where any of these differ trains its
+# later steps with other arithmetic, so bit-identity holds segment by segment, not for the whole run.
+MACHINE_KEYS = ("device_name", "cpu_capability", "torch", "threads")
+
+
+def segments(previous: dict[str, Any] | None, step: int, now: dict[str, Any]) -> list[dict[str, Any]]:
+    """Which machine trained which steps: ``[{"from_step": 0, <MACHINE_KEYS>}, ...]``, one entry per change.
+
+    ``previous`` is the summary a resumed run left (None for a fresh start), ``step`` the step it
+    resumes from and ``now`` this process's :func:`provenance`. A resume on the same kind of machine
+    adds nothing; one on another adds an entry from ``step`` on (replacing an entry that begins
+    there: it trained no step). A run whose summary predates this record is taken to have trained
+    its earlier steps on the machine that summary names (its last writer).
+    """
+    here = {k: now.get(k) for k in MACHINE_KEYS}
+    prov = previous.get("provenance") if isinstance(previous, dict) else None
+    if previous is None or step == 0:
+        return [{"from_step": 0, **here}]
+    past = prov.get("segments") if isinstance(prov, dict) else None
+    if not (isinstance(past, list) and past and all(isinstance(p, dict) for p in past)):
+        past = [{"from_step": 0, **{k: prov.get(k) if isinstance(prov, dict) else None for k in MACHINE_KEYS}}]
+    past = [p for p in past if int(p.get("from_step", 0)) < step] or past[:1]
+    if {k: past[-1].get(k) for k in MACHINE_KEYS} == here:
+        return past
+    return [*past, {"from_step": step, **here}]
+
+
+def first_machine(summary: dict[str, Any]) -> dict[str, Any]:
+    """The machine that trained a run's first steps (what re-training its first steps must match): the
+    first of its :func:`segments`, else its provenance; ``{}`` when it recorded none."""
+    prov = summary.get("provenance")
+    if not isinstance(prov, dict):
+        return {}
+    seg = prov.get("segments")
+    if isinstance(seg, list) and seg and isinstance(seg[0], dict):
+        return {k: seg[0].get(k) for k in MACHINE_KEYS}
+    return {k: prov.get(k) for k in MACHINE_KEYS}

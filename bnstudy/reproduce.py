@@ -23,6 +23,8 @@ from typing import Any
 
 import pandas as pd
 
+from bnstudy.provenance import first_machine
+
 DEFAULT_STEPS = 300
 FINISHED = ("completed", "diverged")  # runs whose metrics.csv is final; others may still be written
 # Within float tolerance: every value but an accuracy within REL_TOL relative (plus ABS_TOL, for
@@ -192,11 +194,11 @@ def _what_differs(summary: dict[str, Any]) -> str:
     """What the run recorded about its machine that differs from this one (the usual causes of rounding)."""
     import torch
 
-    prov = summary.get("provenance")
-    if not isinstance(prov, dict):
+    first = first_machine(summary)  # the machine of the steps re-trained, when a resume changed machines
+    if not first:
         return ", trained before provenance was recorded (torch version and CPU kernels unknown)"
     now = {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-    diff = [f"{k} {prov[k]} then, {v} now" for k, v in now.items() if isinstance(prov.get(k), str) and prov[k] != v]
+    diff = [f"{k} {first[k]} then, {v} now" for k, v in now.items() if isinstance(first.get(k), str) and first[k] != v]
     return "".join(f", {d}" for d in diff)
 
 
@@ -250,7 +252,7 @@ def _may_be_avx2(summary: dict[str, Any]) -> bool:
     """Whether this CPU runs AVX-512 kernels and the run was (or may have been) trained with AVX2 ones."""
     import torch
 
-    recorded = (summary.get("provenance") or {}).get("cpu_capability") if isinstance(summary.get("provenance"), dict) else None
+    recorded = first_machine(summary).get("cpu_capability")  # of its first steps, the ones re-trained
     return torch.backends.cpu.get_cpu_capability() == "AVX512" and recorded in (None, "AVX2")
 
 

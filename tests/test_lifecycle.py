@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from bnstudy.config import RunConfig, run_name
 from bnstudy.errors import ConfigError
+from bnstudy.provenance import MACHINE_KEYS, first_machine, segments
 from bnstudy.train import Hook, train_run
 from bnstudy.train.stops import Interrupted
 
@@ -97,6 +98,50 @@ def test_resume_loads_weights_only_and_continues_exactly(tmp_path, tmp_data, cap
     a, b = (pd.read_csv(d / "metrics.csv").drop(columns="seconds") for d in (cut, tmp_path / "ref"))
     pd.testing.assert_frame_equal(a, b)
 
+
+
+def test_a_resume_on_another_kind_of_machine_records_where_each_segment_trained(tmp_path, tmp_data, caplog):
+    def ctrl_c(state):
+        if state.step == 25:
+            raise KeyboardInterrupt
+
+    cut = tmp_path / "cut"
+    with pytest.raises(Interrupted):
+        train_run(small(), cut, extra_hooks=[Hook("ctrl_c", 5, ctrl_c)])
+    here = summary(cut)["provenance"]
+    assert here["segments"] == [{"from_step": 0, **{k: here[k] for k in MACHINE_KEYS}}]
+    # the first 20 steps (the checkpoint) as if trained on an AVX2 machine by a bnstudy that kept no segments
+    s = summary(cut)
+    s["provenance"] = {**here, "cpu_capability": "AVX2-then"}
+    del s["provenance"]["segments"]
+    (cut / "summary.json").write_text(json.dumps(s))
+    with caplog.at_level(logging.INFO, logger="bnstudy"):
+        done = train_run(small(), cut)
+    seg = done["provenance"]["segments"]
+    assert [x["from_step"] for x in seg] == [0, 20]
+    assert seg[0]["cpu_capability"] == "AVX2-then" and seg[1]["cpu_capability"] == here["cpu_capability"]
+    assert first_machine(done)["cpu_capability"] == "AVX2-then"  # what --reproduce re-trains the first steps against
+    warned = [r.getMessage() for r in caplog.records if "another kind of machine" in r.getMessage()]
+    assert len(warned) == 1 and "cpu_capability AVX2-then then" in warned[0] and "from 20 on" in warned[0]
+
+
+def test_segments_add_an_entry_only_where_the_machine_changed():
+    a = {"device_name": "cpu A", "cpu_capability": "AVX2", "torch": "2.14.1", "threads": 1, "hostname": "x"}
+    b = {**a, "cpu_capability": "AVX512", "hostname": "y"}
+    kind_a = {"device_name": "cpu A", "cpu_capability": "AVX2", "torch": "2.14.1", "threads": 1}
+    kind_b = {**kind_a, "cpu_capability": "AVX512"}
+    first = segments(None, 0, a)
+    assert first == [{"from_step": 0, **kind_a}]
+    assert segments({"provenance": {**a, "segments": first}}, 300, {**a, "hostname": "z"}) == first  # same kind
+    two = segments({"provenance": {**a, "segments": first}}, 300, b)
+    assert two == [{"from_step": 0, **kind_a}, {"from_step": 300, **kind_b}]
+    # resumed from a checkpoint older than the last change: the steps after it were trained again
+    assert segments({"provenance": {**b, "segments": two}}, 200, a) == first
+    # another thread count rounds differently too
+    assert segments({"provenance": {**a, "segments": first}}, 300, {**a, "threads": 2})[-1] == {"from_step": 300, **kind_a, "threads": 2}
+    # a summary from before segments were kept: its earlier steps count as its last writer's machine
+    assert segments({"provenance": a}, 40, b) == [{"from_step": 0, **kind_a}, {"from_step": 40, **kind_b}]
+    assert segments({"status": "running"}, 40, b)[0]["cpu_capability"] is None  # no provenance at all: unknown
 
 def test_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path, tmp_data):
     args = [*FAST, "train.steps=100000", "train.eval_every=500", "train.log_every=100", "train.checkpoint_every=1000", "train.threads=1", f"out_dir={tmp_path}"]

@@ -19,7 +19,7 @@ from typing import Any
 from bnstudy import threads
 from bnstudy.config import factors
 from bnstudy.errors import no_space
-from bnstudy.provenance import provenance
+from bnstudy.provenance import MACHINE_KEYS, provenance, segments
 from bnstudy.runs import MetricsLog, atomic_write_text, checksums, read_summary, write_json
 from bnstudy.train import precision
 from bnstudy.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
@@ -68,11 +68,14 @@ class RunFolder:
         self.state, self.params = state, params
         self.ids = {"sweep_id": sweep_id} if sweep_id else {}
         self.started = time.time()
+        self.segments: list[dict[str, Any]] = []
         self.result: dict[str, Any] = {}
 
     def summary(self, status: str, **more: Any) -> dict[str, Any]:
-        """summary.json content with this run's parameter count, start time and sweep id."""
-        return summary(self.state, status, self.params, self.started, **more, **self.ids)
+        """summary.json content with this run's parameter count, start time, sweep id and the machines that trained it."""
+        s = summary(self.state, status, self.params, self.started, **more, **self.ids)
+        s["provenance"]["segments"] = self.segments
+        return s
 
     def __enter__(self) -> RunFolder:
         state, cfg, run_dir = self.state, self.state.cfg, self.state.run_dir
@@ -97,6 +100,12 @@ class RunFolder:
         )
         prev = read_summary(run_dir) if resume else None
         self.started = prev.get("started", time.time()) if prev else time.time()
+        self.segments = segments(prev, state.step, provenance(state.device, threads.why()))
+        if len(self.segments) > 1 and self.segments[-1]["from_step"] == state.step:
+            then, now = self.segments[-2], self.segments[-1]
+            diff = ", ".join(f"{k} {then[k]} then, {now[k]} now" for k in MACHINE_KEYS if then.get(k) != now[k])
+            log.warning("resumed on another kind of machine (%s): steps from %d on round differently, so the run "
+                        "is bit-identical to a re-run only segment by segment (provenance.segments)", diff, state.step)
         state.summarize = self.summary
         write_json(run_dir / "summary.json", self.summary("running"))
         return self
