@@ -249,11 +249,15 @@ AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def _may_be_avx2(summary: dict[str, Any]) -> bool:
-    """Whether this CPU runs AVX-512 kernels and the run was (or may have been) trained with AVX2 ones."""
+    """Whether this CPU runs AVX-512 kernels and the run was (or may have been) trained with AVX2 ones: it
+    recorded AVX2 or nothing for its first steps, or it recorded no segments (a summary from before they
+    were kept names only the machine that finished the run, which may have resumed it)."""
     import torch
 
     recorded = first_machine(summary).get("cpu_capability")  # of its first steps, the ones re-trained
-    return torch.backends.cpu.get_cpu_capability() == "AVX512" and recorded in (None, "AVX2")
+    prov = summary.get("provenance")
+    known = isinstance(prov, dict) and isinstance(prov.get("segments"), list) and bool(prov["segments"])
+    return torch.backends.cpu.get_cpu_capability() == "AVX512" and (recorded in (None, "AVX2") or not known)
 
 
 def _retrain_in_child(cfg: Any, steps: int, run_dir: Path, env: dict[str, str]) -> tuple[pd.DataFrame, dict[str, int]]:

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+import torch
 
 from bnstudy import reproduce
 from bnstudy.config import RunConfig, run_name
@@ -158,7 +159,14 @@ def test_a_child_process_retrains_the_same_numbers(tmp_path, tmp_data):
     here, sizes = reproduce.retrain(cfg, 10, tmp_path / "here")
     child, child_sizes = reproduce._retrain_in_child(cfg, 10, tmp_path / "child", {})  # e.g. under AVX2_ENV
     assert reproduce.compare(here, child, 10, sizes)[0] == "bit-identical" and child_sizes == sizes == {"test": 128}
-    assert reproduce._may_be_avx2({"provenance": {"cpu_capability": "AVX512"}}) is False
+    first_avx512 = {"from_step": 0, "cpu_capability": "AVX512"}
+    assert reproduce._may_be_avx2({"provenance": {"cpu_capability": "AVX512", "segments": [first_avx512]}}) is False
+    first_avx2 = {"from_step": 0, "cpu_capability": "AVX2"}
+    resumed = {"provenance": {"cpu_capability": "AVX512", "segments": [first_avx2, {**first_avx512, "from_step": 300}]}}
+    avx512_here = torch.backends.cpu.get_cpu_capability() == "AVX512"
+    assert reproduce._may_be_avx2(resumed) is avx512_here  # its first steps ran on AVX2
+    # no segments: the summary names only the machine that finished it, which may have resumed it
+    assert reproduce._may_be_avx2({"provenance": {"cpu_capability": "AVX512"}}) is avx512_here
 
 
 def test_rows_only_the_rerun_logs_judge_nothing_but_a_missing_row_does():
