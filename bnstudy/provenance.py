@@ -328,11 +328,11 @@ def segments(previous: dict[str, Any] | None, step: int, now: dict[str, Any]) ->
     its earlier steps on the machine that summary names (its last writer).
     """
     here = {k: now.get(k) for k in MACHINE_KEYS}
-    prov = previous.get("provenance") if isinstance(previous, dict) else None
     if previous is None or step == 0:
         return [{"from_step": 0, **here}]
-    past = prov.get("segments") if isinstance(prov, dict) else None
-    if not (isinstance(past, list) and past and all(isinstance(p, dict) for p in past)):
+    past = recorded_segments(previous)
+    if past is None:
+        prov = previous.get("provenance")
         past = [{"from_step": 0, **{k: prov.get(k) if isinstance(prov, dict) else None for k in MACHINE_KEYS}}]
     past = [p for p in past if int(p.get("from_step", 0)) < step] or past[:1]
     if {k: past[-1].get(k) for k in MACHINE_KEYS} == here:
@@ -346,7 +346,12 @@ def first_machine(summary: dict[str, Any]) -> dict[str, Any]:
     prov = summary.get("provenance")
     if not isinstance(prov, dict):
         return {}
-    seg = prov.get("segments")
-    if isinstance(seg, list) and seg and isinstance(seg[0], dict):
-        return {k: seg[0].get(k) for k in MACHINE_KEYS}
-    return {k: prov.get(k) for k in MACHINE_KEYS}
+    first = (recorded_segments(summary) or [prov])[0]
+    return {k: first.get(k) for k in MACHINE_KEYS}
+
+
+def recorded_segments(summary: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A summary's ``provenance.segments``, or None when it kept none (written before they were kept)."""
+    prov = summary.get("provenance") if isinstance(summary, dict) else None
+    seg = prov.get("segments") if isinstance(prov, dict) else None
+    return seg if isinstance(seg, list) and seg and all(isinstance(p, dict) for p in seg) else None

@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from bnstudy.provenance import first_machine
+from bnstudy.provenance import first_machine, recorded_segments
 
 DEFAULT_STEPS = 300
 FINISHED = ("completed", "diverged")  # runs whose metrics.csv is final; others may still be written
@@ -255,9 +255,8 @@ def _may_be_avx2(summary: dict[str, Any]) -> bool:
     import torch
 
     recorded = first_machine(summary).get("cpu_capability")  # of its first steps, the ones re-trained
-    prov = summary.get("provenance")
-    known = isinstance(prov, dict) and isinstance(prov.get("segments"), list) and bool(prov["segments"])
-    return torch.backends.cpu.get_cpu_capability() == "AVX512" and (recorded in (None, "AVX2") or not known)
+    unknown = recorded_segments(summary) is None
+    return torch.backends.cpu.get_cpu_capability() == "AVX512" and (recorded in (None, "AVX2") or unknown)
 
 
 def _retrain_in_child(cfg: Any, steps: int, run_dir: Path, env: dict[str, str]) -> tuple[pd.DataFrame, dict[str, int]]:
