@@ -313,6 +313,11 @@ def test_ctrl_c_during_start_up_is_one_line_and_leaves_no_folder(delay, tmp_path
     time.sleep(delay)  # imports, composing the config, loading data: before the first step
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
+    written = list((tmp_path / "out").rglob("*")) if (tmp_path / "out").exists() else []
+    if proc.returncode == -signal.SIGINT and not err:
+        # a loaded machine: the signal came before the interpreter replaced the default action with its handler
+        assert not written
+        pytest.skip("Ctrl-C arrived before Python itself had started; the process ended silently and wrote nothing")
     line = first_line(err)
     if line.startswith("interrupted at step"):
         pytest.skip("this machine was fast enough to start training first")
