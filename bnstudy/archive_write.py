@@ -17,6 +17,7 @@ from bnstudy.archive import (
     PACK_RUNS,
     PACKED_FILES,
     UNFINISHED,
+    Pack,
     SHARED,
     PackError,
     RunRecord,
@@ -83,9 +84,7 @@ def _write_table(path: Path, frames: list) -> None:
             "seconds": pa.array(df["seconds"].astype("float64"), pa.float64()),
         }
     )
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd", compression_level=19, use_byte_stream_split=["value", "seconds"])
-    os.replace(tmp, path)
+    pq.write_table(table, path, compression="zstd", compression_level=19, use_byte_stream_split=["value", "seconds"])
 
 
 def _runs_lines(entries: list[dict[str, Any]]) -> str:
@@ -111,7 +110,9 @@ def pack(root: str | Path, log=print) -> tuple[int, list[str]]:
     """Pack the finished run folders under ``root`` into ``root``'s pack (merging with one already there).
 
     Returns (runs now in the pack, lines naming the folders left as they were:
-    unfinished, damaged, or not exactly reproducible). Packed folders are removed.
+    unfinished, damaged, or not exactly reproducible). Packed folders are removed, once both files of the new
+    pack are written whole and read back; a write that fails (a full disk) raises OSError and leaves the folders
+    and any pack there as they were.
     """
     import pandas as pd
 
@@ -127,6 +128,8 @@ def pack(root: str | Path, log=print) -> tuple[int, list[str]]:
             raise PackError(f"{parent} holds a pack that would hold these runs: run --pack on {parent}")
     if (root / PACK_METRICS).exists() and not (root / PACK_RUNS).exists():
         raise PackError(lost_runs_line(root))
+    for stale in root.glob(".pack-*.tmp"):  # left by a --pack that was killed while writing
+        shutil.rmtree(stale, ignore_errors=True)
     old = load_pack(root) if (root / PACK_RUNS).is_file() else None
     damaged_old = _refuse_damage(root, "packed") if old else {}
     entries = {e["run"]: e for e in (old.entries if old else [])}
@@ -165,20 +168,30 @@ def pack(root: str | Path, log=print) -> tuple[int, list[str]]:
     if not packed_dirs:
         return len(entries), left
     runs = sorted(entries)
-    _write_table(root / PACK_METRICS, [frames[r][COLUMNS] for r in runs if frames.get(r) is not None])
-    lines = _runs_lines([entries[r] for r in runs])
-    from bnstudy.runs import atomic_write_text
-
-    atomic_write_text(root / PACK_RUNS, lines)
-    new = load_pack(root)
-    by_run = {e["run"]: e for e in new.entries}
-    for rec in packed_dirs:  # read back before any folder goes: every file must come back as it was
-        back = RunRecord(rec.rel, rec.dir, new, by_run[rec.rel])
-        for name in PACKED_FILES:
-            if name in KEPT_FILES and name not in (by_run[rec.rel].get("files") or {}):
-                continue
-            if back.file_text(name) != rec.file_text(name):
-                raise PackError(f"{rec.rel}/{name} did not come back from the pack as it was; the folders are kept")
+    # Both files are written and read back in a hidden folder beside the pack, and moved into place only once both
+    # are whole: a full disk (or any failure) leaves the pack and the run folders as they were, never one file
+    # without the other.
+    staging = root / f".pack-{os.getpid()}.tmp"
+    try:
+        staging.mkdir()
+        _write_table(staging / PACK_METRICS, [frames[r][COLUMNS] for r in runs if frames.get(r) is not None])
+        with open(staging / PACK_RUNS, "w") as f:
+            f.write(_runs_lines([entries[r] for r in runs]))
+            f.flush()
+            os.fsync(f.fileno())
+        new = Pack(staging)
+        by_run = {e["run"]: e for e in new.entries}
+        for rec in packed_dirs:  # read back before anything moves: every file must come back as it was
+            back = RunRecord(rec.rel, rec.dir, new, by_run[rec.rel])
+            for name in PACKED_FILES:
+                if name in KEPT_FILES and name not in (by_run[rec.rel].get("files") or {}):
+                    continue
+                if back.file_text(name) != rec.file_text(name):
+                    raise PackError(f"{rec.rel}/{name} did not come back from the pack as it was; nothing was packed")
+        os.replace(staging / PACK_METRICS, root / PACK_METRICS)
+        os.replace(staging / PACK_RUNS, root / PACK_RUNS)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     for rec in packed_dirs:
         _remove_run_folder(rec.dir, root)
     return len(entries), left

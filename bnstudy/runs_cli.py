@@ -1,6 +1,7 @@
 """``bnstudy-runs`` and ``bnstudy-report``: list, check and compare finished runs, and write reports."""
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def _run_folders(root: Path, statuses: list[str] | None, skip: set[Path] = froze
 
 
 def _pack(root: Path, unpack: bool) -> int:
-    """``bnstudy-runs DIR --pack`` / ``--unpack``: one line saying what was done; 2 when it cannot be."""
+    """``bnstudy-runs DIR --pack`` / ``--unpack``: one line saying what was done; 2 when it cannot be, 1 when a write fails (a full disk)."""
     from bnstudy.archive import PackError
     from bnstudy.archive_write import pack, unpack as unpack_
 
@@ -100,6 +101,14 @@ def _pack(root: Path, unpack: bool) -> int:
     except PackError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, most often: what was written is gone again, so the same command can be rerun
+        what, done = ("unpack", "unpacked (the pack is kept)") if unpack else ("pack", "packed (the run folders and any pack are as they were)")
+        if e.errno == errno.ENOSPC or "[errno 28]" in str(e).lower():  # pyarrow names the errno only in its message
+            print(f"error: no space left on the device holding {root}: nothing was {done}; free some and run the same "
+                  "command again", file=sys.stderr)
+        else:
+            print(f"error: cannot {what} {root}: {type(e).__name__}: {e}; nothing was {done}", file=sys.stderr)
+        return 1
     for line in left:
         print(line, file=sys.stderr)
     print(f"{root}: {n} run(s) in runs.jsonl + metrics.parquet" + (f"; {len(left)} folder(s) left as they were (above)" if left else ""))
