@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 MIRROR_DEFAULT := $(abspath ../shared/datasets)
 export BNSTUDY_DATA_MIRROR ?= $(if $(wildcard $(MIRROR_DEFAULT)/README.md),$(MIRROR_DEFAULT),)
 
-.PHONY: venv run test test-fast test-cluster bench studies device-kit clean
+.PHONY: venv run test test-fast test-cluster docs test-docs answer bench studies device-kit clean
 
 STUDIES := ioffe_mnist lr_sensitivity mnist_tuned depth fashion_cnn maxpool_shift pool_control cifar_vgg effective_lr landscape bn_frozen norm_family fashion_tuned vgg_tuned skipinit decompose optimizer
 JOBS ?= 2
@@ -55,6 +55,23 @@ test-fast: $(STAMP)
 test-cluster: $(STAMP)
 	bash scripts/slurm_local.sh start
 	$(BIN)/python -m pytest -q -m cluster tests/test_cluster.py; rc=$$?; bash scripts/slurm_local.sh stop; exit $$rc
+
+# the docs site (MkDocs, Material theme) in site/: the README, docs/ and results/ with their figures;
+# --strict: a broken link, image, anchor or menu entry fails the build
+DOCS_STAMP := $(VENV)/.docs-installed
+
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	@echo "site: site/index.html"
+
+# the built site in a real headless browser (Debian's chromium and chromium-driver): the home page, the
+# answer and a claim render with every image and no console error
+test-docs: docs
+	$(BIN)/python -m pytest -q -m browser tests/test_site_browser.py
 
 bench: $(STAMP)
 	$(BIN)/bnstudy-bench
