@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -374,7 +375,7 @@ def _refuse_damage(root: Path, what: str, runs_too: bool = False) -> dict[str, l
     in any run); else return its damaged runs."""
     whole, runs = pack_damage(root)
     if whole or (runs_too and runs):
-        first = whole[0] if whole else f"{next(iter(runs))}: {'; '.join(next(iter(runs.values())))}"
+        first = _without_fix(whole[0]) if whole else f"{next(iter(runs))}: {'; '.join(next(iter(runs.values())))}"
         more = len(whole) + len(runs) - 1
         raise PackError(
             f"{root} holds a damaged pack ({first}{f'; and {more} more' if more else ''}); nothing was {what}: "
@@ -401,7 +402,12 @@ def refuse_damaged(root: str | Path) -> None:
 def damaged_line(d: Path, problems: list[str]) -> str:
     """The one line that refuses to use the damaged pack in ``d``."""
     more = f"; and {len(problems) - 1} more" if len(problems) > 1 else ""
-    return f"{d} holds a damaged pack ({problems[0]}{more}); restore it from git (bnstudy-runs {d} --check lists the damage)"
+    return f"{d} holds a damaged pack ({_without_fix(problems[0])}{more}); restore it from git (bnstudy-runs {d} --check lists the damage)"
+
+
+def _without_fix(problem: str) -> str:
+    """A pack problem without its own "; restore ... from git": the line that quotes it says that once."""
+    return re.sub(r"; restore [\w.]+ from git$", "", problem)
 
 
 def pack_holding(path: str | Path) -> Path | None:

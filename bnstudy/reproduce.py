@@ -38,7 +38,7 @@ ACC_TOL_UNKNOWN = 1e-4  # one example in 10 000, when the split's size is not kn
 
 @dataclass
 class Outcome:
-    """What one sampled run gave: verdict ("bit-identical", "within tolerance", "different", "not checked") and why."""
+    """What one sampled run gave: verdict ("bit-identical", "within tolerance", "different", "not checked", "damaged") and why."""
 
     rel: str
     verdict: str
@@ -202,6 +202,17 @@ def _what_differs(summary: dict[str, Any]) -> str:
     return "".join(f", {d}" for d in diff)
 
 
+def damaged(record: Any) -> list[str]:
+    """What ``bnstudy-runs --check`` finds damaged in one sampled run (a folder's or a pack's); empty: intact."""
+    from bnstudy.archive import PackError
+    from bnstudy.runs import check_record
+
+    try:
+        return check_record(record)
+    except PackError as e:
+        return [str(e)]
+
+
 def reproduce_one(record: Any, steps: int, tmp: Path) -> Outcome:
     """Re-train one committed run for its first ``steps`` steps in a folder under ``tmp`` and compare it."""
     cfg = rebuild(record)
@@ -275,7 +286,8 @@ def _retrain_in_child(cfg: Any, steps: int, run_dir: Path, env: dict[str, str]) 
 
 
 def main(root: Path, n: int, steps: int | None = None, seed: int = 0) -> int:
-    """Print one line per sampled run and a final count; 1 if any run differs or could not be checked, 2 on bad input."""
+    """Print one line per sampled run and a final count; 1 if any run differs, is damaged (named, not re-trained) or
+    could not be checked, 2 on bad input."""
     steps = DEFAULT_STEPS if steps is None else steps
     if n < 1 or steps < 1:
         print(f"error: --reproduce and --steps need a positive number (got {n} and {steps})", file=sys.stderr)
@@ -297,11 +309,15 @@ def main(root: Path, n: int, steps: int | None = None, seed: int = 0) -> int:
     outcomes = []
     with tempfile.TemporaryDirectory(prefix="bnstudy-reproduce-") as tmp:
         for record in picked:
-            o = reproduce_one(record, steps, Path(tmp))
+            damage = damaged(record)
+            if damage:  # its numbers or record cannot be trusted: nothing to compare a re-run with
+                o = Outcome(record.rel, "damaged", f"not re-trained: {'; '.join(damage)}")
+            else:
+                o = reproduce_one(record, steps, Path(tmp))
             outcomes.append(o)
             print(f"{o.verdict:<16} {o.rel}  ({o.detail}; {o.seconds:.1f} s)", flush=True)
-    counts = {v: sum(o.verdict == v for o in outcomes) for v in ("bit-identical", "within tolerance", "different", "not checked")}
-    bad = counts["different"] + counts["not checked"]
+    counts = {v: sum(o.verdict == v for o in outcomes) for v in ("bit-identical", "within tolerance", "different", "not checked", "damaged")}
+    bad = counts["different"] + counts["not checked"] + counts["damaged"]
     print(
         f"{len(outcomes)} run(s) re-trained: " + ", ".join(f"{c} {v}" for v, c in counts.items())
         + ("" if bad else " - the committed numbers reproduce"),

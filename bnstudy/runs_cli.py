@@ -62,6 +62,8 @@ def _modes(a, statuses: list[str] | None) -> None:
         print("\n".join(lines))
         sys.exit(0 if ok else 1)
     df = load_runs(a.dir)
+    if len(df):
+        df["status"] = [_listed_status(Path(d), s) for d, s in zip(df["run_dir"], df["status"])]
     if statuses and len(df):
         df = df[df["status"].isin(statuses)]
     if df.empty:
@@ -73,6 +75,23 @@ def _modes(a, statuses: list[str] | None) -> None:
         print(out.to_csv(index=False) if a.csv else out.to_string(index=False))
     counts = df["status"].value_counts().to_dict()
     print("\n" + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())), file=sys.stderr)
+
+
+def _listed_status(run_dir: Path, status: str) -> str:
+    """A run folder's status for the listing: "damaged" (with one line on stderr) where ``--check`` finds it damaged.
+
+    Packed runs are not read one by one here (that is ``--check``'s work): the listing refuses a pack whose lines
+    do not pass their checks.
+    """
+    from bnstudy.runs import check_run
+
+    if not (run_dir / "summary.json").is_file():
+        return status
+    problems = check_run(run_dir)
+    if not problems:
+        return status
+    print(f"damaged {run_dir} (says {status}): {'; '.join(problems)}", file=sys.stderr)
+    return "damaged"
 
 
 def _run_folders(root: Path, statuses: list[str] | None, skip: set[Path] = frozenset()):

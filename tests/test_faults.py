@@ -490,3 +490,93 @@ def test_help_into_a_closed_pipe_is_quiet(tmp_path):
     p.stdout.close()  # the reader is gone (``| head`` after its lines)
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 0 and "BrokenPipe" not in err and "Traceback" not in err, err
+
+
+# ---------------------------------------------------------------- damaged runs: named by every reader, never used
+
+
+@pytest.fixture(scope="module")
+def three_seeds(tmp_path_factory) -> Path:
+    """An out_dir holding three finished runs (seeds 0, 1, 2) of the FAST config."""
+    from .conftest import private_data
+
+    out = tmp_path_factory.mktemp("three_seeds")
+    with private_data(tmp_path_factory):
+        r = cli(["-m", *FAST, "seed=0,1,2", f"out_dir={out}"], cwd=out)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+DAMAGED_SUMMARY = {
+    # seed: (edit of its summary.json, what --check says)
+    0: (lambda s: s.update(provenance="x"), "summary.json 'provenance' is not an object"),
+    1: (lambda s: s.update(status="diverged"), "do not match its checksum"),
+}
+
+
+def _damaged_copy(three_seeds: Path, tmp_path: Path) -> tuple[Path, dict[int, Path]]:
+    """A copy of ``three_seeds`` with seeds 0 and 1 damaged as :data:`DAMAGED_SUMMARY` says; seed 2 intact."""
+    out = tmp_path / "study"
+    shutil.copytree(three_seeds, out)
+    runs = {seed: next(out.glob(f"*/seed{seed}")) for seed in range(3)}
+    for seed, (change, _) in DAMAGED_SUMMARY.items():
+        s = summary(runs[seed])
+        change(s)
+        (runs[seed] / "summary.json").write_text(json.dumps(s, indent=2) + "\n")
+    return out, runs
+
+
+def test_reproduce_names_damaged_runs_and_retrains_only_the_intact_one(three_seeds, tmp_path, tmp_data):
+    from bnstudy.runs_cli import runs as runs_cli
+
+    from .test_provenance import call
+
+    out, runs = _damaged_copy(three_seeds, tmp_path)
+    before = tree(out)
+    code, stdout, err = call(runs_cli, [str(out), "--reproduce", "3", "--steps", "2"])
+    assert code == 1 and "Traceback" not in err, err
+    lines = {line.split("  (")[0].split()[-1]: line for line in stdout.splitlines()}  # run -> its line
+    for seed, (_, says) in DAMAGED_SUMMARY.items():
+        line = lines[f"{runs[seed].parent.name}/{runs[seed].name}"]
+        assert line.startswith("damaged ") and "not re-trained" in line and says in line, stdout
+    assert lines[f"{runs[2].parent.name}/{runs[2].name}"].startswith("bit-identical"), stdout
+    assert "2 damaged" in err and tree(out) == before
+
+
+def test_the_listing_marks_damaged_run_folders(three_seeds, tmp_path):
+    from bnstudy.runs_cli import runs as runs_cli
+
+    from .test_provenance import call
+
+    out, runs = _damaged_copy(three_seeds, tmp_path)
+    code, stdout, err = call(runs_cli, [str(out), "--csv"])
+    assert code == 0 and "Traceback" not in err, err
+    rows = {line.split(",")[0]: line for line in stdout.strip().splitlines()[1:]}
+    for seed, (_, says) in DAMAGED_SUMMARY.items():
+        assert ",damaged," in rows[f"{runs[seed].parent.name}/{runs[seed].name}"], stdout
+        assert f"damaged {runs[seed]}" in err and says in err, err
+    assert ",completed," in rows[f"{runs[2].parent.name}/{runs[2].name}"]
+    code, stdout, _ = call(runs_cli, [str(out), "--status", "completed,diverged", "--csv"])  # not listed as what they claim
+    assert code == 0 and len(stdout.strip().splitlines()) == 2 and "seed2" in stdout
+
+
+@pytest.mark.parametrize("damage", ["runs.jsonl cut short", "runs.jsonl deleted"])
+def test_a_damaged_pack_says_restore_from_git_once(damage, tmp_path):
+    from bnstudy.archive_write import pack
+    from bnstudy.runs_cli import runs
+
+    from .test_archive import fake_run
+    from .test_provenance import call
+
+    study = tmp_path / "study"
+    fake_run(study, 0)
+    fake_run(study, 1)
+    pack(study)
+    if damage == "runs.jsonl deleted":
+        (study / "runs.jsonl").unlink()
+    else:
+        (study / "runs.jsonl").write_text((study / "runs.jsonl").read_text()[:-40])
+    for argv in ([str(study)], [str(study), "--pack"], [str(study), "--unpack"], [str(study), "--stale"]):
+        code, _, err = call(runs, argv)
+        line = first_line(err)
+        assert code == 2 and line.startswith("error: ") and line.count("from git") == 1, (argv, err)
