@@ -8,7 +8,7 @@ are left out, except those of interrupted runs while they fit, so such a run
 can resume where it stopped.
 
 ``import`` checks all of it (the manifest's shape, every part there and
-inside OUT_DIR, sizes and hashes right, only plain files under run folders
+inside OUT_DIR, sizes and hashes right, run paths shaped as bnstudy names run folders, only plain files under them
 inside DEST, every finished run intact by ``bnstudy-runs --check``'s rules, no
 damaged pack in DEST, no local folder that would lose anything) before it
 writes anything, then moves the runs into their folder, under each run's lock,
@@ -28,6 +28,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import sys
 import tarfile
 import tempfile
@@ -45,6 +46,8 @@ PART_BYTES = 15 * 2**20  # under the 16 MiB a returned file may have
 MAX_FILES = 8  # the manifest, the job's log and at most 6 parts
 MAX_PARTS = MAX_FILES - 2
 LEFT_OUT = {".lock"}  # a job's lock file means nothing elsewhere
+# a run folder's path under the study: <factors>-<8 hex digits of its config hash>/seed<N>, in any subfolder
+RUN_PATH = re.compile(r"(?:[^/]+/)*[^/]+-[0-9a-f]{8}/seed[0-9]+")
 
 
 class TransferError(Exception):
@@ -169,6 +172,9 @@ def _check_manifest(src: Path, manifest: Any) -> None:
         why = unsafe_path(r.get("run"))
         if why:
             raise _refuse(f"the manifest names an unsafe run path: {why}")
+        if not RUN_PATH.fullmatch(r["run"]):  # a study's own folder (figures/, tables/) is no run, whatever it holds
+            raise _refuse(f"the manifest names a run {r['run']!r} whose path is not a run folder's (NAME-HASH/seedN, as "
+                          "bnstudy names them)")
         if r["run"] in seen:
             raise _refuse(f"the manifest lists run {r['run']} twice")
         seen.add(r["run"])

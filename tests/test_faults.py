@@ -375,6 +375,10 @@ def _manifest(out: Path, change) -> None:
     (out / "manifest.json").write_text(json.dumps(m))
 
 
+def _first_run(out: Path) -> str:
+    return json.loads((out / "manifest.json").read_text())["runs"][0]["run"]
+
+
 def _local(dest: Path, out: Path, status: str, step: int, extra: str = "my_notes.txt") -> Path:
     """DEST's own copy of the interrupted run: ``status`` at ``step``, with a file of the user's inside."""
     rel = next(r["run"] for r in json.loads((out / "manifest.json").read_text())["runs"] if r["status"] == "interrupted")
@@ -392,7 +396,10 @@ IMPORT_REFUSED = [
     ("a run named like a study's folder", lambda out, dest: (
         (dest / "figures").mkdir(parents=True), (dest / "figures" / "plot.png").write_bytes(b"png"),
         _manifest(out, lambda m: m["runs"][0].update(run="figures"))), True,
-     r"^error: refused: .*figures exists and is not a run folder; move it away"),
+     r"^error: refused: the manifest names a run 'figures' whose path is not a run folder's \(NAME-HASH/seedN"),
+    ("a local folder in the way", lambda out, dest: (
+        (dest / _first_run(out)).mkdir(parents=True), (dest / _first_run(out) / "plot.png").write_bytes(b"png")), True,
+     r"^error: refused: .* exists and is not a run folder; move it away"),
     ("a run the archive does not hold", lambda out, dest: _manifest(out, lambda m: m["runs"][0].update(run="gone-0123abcd/seed0")), True,
      r"^error: refused: the archive holds .* which is not a plain file of a listed run"),
     ("an absolute out_dir", lambda out, dest: _manifest(out, lambda m: m.update(out_dir=str(out.parent / "elsewhere"))), False,
@@ -426,6 +433,23 @@ def test_a_refused_import_is_one_line_and_changes_nothing(case, damage, named, e
     assert r.returncode == 2 and re.search(expected, first_line(r.stderr)), r.stderr
     assert tree(tmp_path) == before, "a file changed"
     assert sorted(p for p in tmp_path.rglob("*") if p.is_dir()) == folders, "a folder was made or removed (an empty DEST?)"
+
+
+@pytest.mark.parametrize("rel", ["figures", "tables/seed0", "mnist-mlp-bn-0123abcd"])
+def test_an_import_refuses_a_run_whose_path_is_no_run_folders(rel, tmp_path):
+    """A finished run packed under a path bnstudy never gives a run (a study's figures/): --check would call it intact
+    and the report would write into it."""
+    from bnstudy import transfer
+
+    run = _device_run(tmp_path / "gpu", 1, "completed", 20)
+    (tmp_path / "gpu" / rel).parent.mkdir(parents=True, exist_ok=True)
+    run.rename(tmp_path / "gpu" / rel)
+    transfer.pack(tmp_path / "gpu", tmp_path / "out", 0, {"out_dir": "results/study"})
+    dest = tmp_path / "project" / "results" / "study"
+    r = _import([str(tmp_path / "out"), str(dest)], cwd=tmp_path)
+    line = first_line(r.stderr)
+    assert r.returncode == 2 and line.startswith(f"error: refused: the manifest names a run '{rel}' whose path is not a run folder's"), r.stderr
+    assert not (tmp_path / "project").exists()
 
 
 def test_an_import_updates_an_earlier_local_run_in_place_and_keeps_the_users_files(device_out, tmp_path):
