@@ -17,6 +17,10 @@ PROGRESS = ("auto", "on", "off")
 
 def check_values(cfg: RunConfig) -> None:
     """Reject values that no run can train with, naming the key and what it must be."""
+    if cfg.plugins:  # before anything asks the registry about the run's variant
+        from bnstudy.plugins import load
+
+        load(cfg.plugins)
     t, o, d, p = cfg.train, cfg.optim, cfg.data, cfg.probe
     if t.progress not in PROGRESS:
         raise ConfigError(f"train.progress must be one of {', '.join(PROGRESS)} (got {t.progress!r})")

@@ -129,6 +129,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    plugins: list[str] = field(default_factory=list)  # modules or .py files to import: variants from outside bnstudy
     seed: int = 0
     device: str = "auto"
     out_dir: str = "runs"
@@ -159,6 +160,7 @@ NON_IDENTITY = {
     "train.compile",
     "logger",
     "data.download",
+    "plugins",  # where a variant's code comes from; the code itself is in the run's fingerprint (bnstudy.plugins)
 }
 
 
@@ -239,14 +241,18 @@ def identity(cfg: dict[str, Any]) -> dict[str, Any]:
         and not (k in ONLY_WITH and flat.get(ONLY_WITH[k][0]) != ONLY_WITH[k][1])
         and k.split(".")[0] not in NON_IDENTITY
         and not (k in ADDED_KEYS and v == ADDED_KEYS[k])
-        and not (k == "train.precise_bn" and not _has_running_stats(flat.get("norm.name")))
+        and not (k == "train.precise_bn" and not _has_running_stats(flat.get("norm.name"), flat.get("plugins")))
     }
 
 
-def _has_running_stats(norm: Any) -> bool:
+def _has_running_stats(norm: Any, plugins: Any = None) -> bool:
     # precise BN changes nothing for a variant without running statistics, so it is not part of its identity
     from bnstudy.norm import NORMS  # local: bnstudy.norm imports this module
 
+    if norm not in NORMS and plugins:  # a variant from a plugin: what it is, its registry entry says
+        from bnstudy.plugins import load
+
+        load(plugins)
     return norm not in NORMS or NORMS[norm].running_stats
 
 

@@ -15,7 +15,7 @@ import platform
 import socket
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The package's files that cannot change a logged number, each with the reason. Every other
@@ -34,6 +34,7 @@ NOT_TRAINING: dict[str, str] = {
     "errors.py": "exception classes and their messages",
     "flops.py": "counts a model's FLOPs on the meta device, for the thread policy and the bench",
     "fmt.py": "how values are written in run names, labels and tables",
+    "plugins.py": "imports the modules a run names in plugins=[...]; their own files are fingerprinted, as plugin:<file>",
     "provenance.py": "this record",
     "reproduce.py": "re-trains committed runs in a temporary folder",
     "runs.py": "run-folder files: metrics.csv and summary.json writing and checks, locks",
@@ -243,16 +244,27 @@ def _device_name(device: str) -> str:
     return cpu_model()
 
 
-def provenance(device: Any = "cpu", threads_why: str = "torch's default") -> dict[str, Any]:
-    """The record for summary.json: code identity, versions, machine, device name, torch's thread count now and why."""
+def provenance(device: Any = "cpu", threads_why: str = "torch's default", plugins: Sequence[str] = ()) -> dict[str, Any]:
+    """The record for summary.json: code identity, versions, machine, device name, torch's thread count now and why.
+
+    ``plugins``: the run's ``plugins`` entries; their files join the code (as ``plugin:<file>``) and
+    where each was found is kept under ``plugins``."""
     import torch
 
+    from bnstudy import plugins as plugin_code
+
+    code = current_code()
+    found = plugin_code.load(plugins)
+    if found:
+        files = {**code["files"], **plugin_code.loaded_code(plugins)}
+        code = {"fingerprint": fingerprint(files), "files": files}
     return {
         **_static(),
         "device_name": _device_name(str(device)),
         "threads": torch.get_num_threads(),  # results are bit-identical only at the same thread count
         "threads_why": threads_why,
-        "code": current_code(),
+        "code": code,
+        **({"plugins": found} if found else {}),
     }
 
 
@@ -280,8 +292,19 @@ def equivalence(summary: dict[str, Any], current: dict[str, Any] | None = None) 
     showed runs with this record bit-identical under the current code.
     """
     then = recorded_code(summary) or {}
-    now = {f: h for f, h in (current or current_code())["files"].items() if is_training(f)}
+    now = {f: h for f, h in (current or _code_for(summary))["files"].items() if is_training(f)}
     return {f: h for f, h in then.items() if now.get(f) != h}, {f: h for f, h in now.items() if then.get(f) != h}
+
+
+def _code_for(summary: dict[str, Any]) -> dict[str, Any]:
+    """This process's training code, with the plugins the run recorded as their files are on disk now."""
+    from bnstudy.plugins import disk_code
+
+    extra = disk_code(summary)
+    if not extra:
+        return current_code()
+    files = {**current_code()["files"], **extra}
+    return {"fingerprint": fingerprint(files), "files": files}
 
 
 def code_version(summary: dict[str, Any]) -> str | None:
@@ -300,7 +323,7 @@ def stale_files(summary: dict[str, Any], current: dict[str, Any] | None = None) 
     then = recorded_code(summary)
     if then is None:
         return None
-    now = {f: h for f, h in (current or current_code())["files"].items() if is_training(f)}
+    now = {f: h for f, h in (current or _code_for(summary))["files"].items() if is_training(f)}
     return sorted(f for f in set(then) | set(now) if then.get(f) != now.get(f))
 
 

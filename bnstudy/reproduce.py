@@ -83,11 +83,14 @@ def rebuild(record: Any) -> Any:
     from bnstudy.config import RunConfig, run_name
     from bnstudy.errors import ConfigError
 
+    from bnstudy.plugins import load, recorded
+
     conf = {k: v for k, v in (record.config or {}).items() if k != "hydra"}
     if not conf:
         return "no config.yaml"
     try:
         cfg = RunConfig.from_dict(conf)
+        load(cfg.plugins, recorded(_summary(record)))  # its variant's plugin: here, else where the run found it
         name = run_name(cfg.to_dict())
     except (ConfigError, TypeError, ValueError) as e:
         return f"config.yaml does not build a run config ({e})"
@@ -276,7 +279,10 @@ def _retrain_in_child(cfg: Any, steps: int, run_dir: Path, env: dict[str, str]) 
     import os
     import subprocess
 
-    arg = json.dumps({"config": cfg.to_dict(), "steps": steps, "run_dir": str(run_dir)})
+    from bnstudy.plugins import load
+
+    where = load(cfg.plugins)  # loaded by rebuild(): where each plugin was found, for the child to find it too
+    arg = json.dumps({"config": cfg.to_dict(), "steps": steps, "run_dir": str(run_dir), "plugins": where})
     p = subprocess.run(
         [sys.executable, "-m", "bnstudy.reproduce", arg], env={**os.environ, **env}, capture_output=True, text=True, check=False
     )
@@ -337,5 +343,8 @@ if __name__ == "__main__":  # the child of _retrain_in_child: one JSON argument,
 
     from bnstudy.config import RunConfig
 
+    from bnstudy.plugins import load
+
     _a = json.loads(sys.argv[1])
+    load(_a["config"].get("plugins") or [], _a.get("plugins"))
     print(json.dumps(retrain(RunConfig.from_dict(_a["config"]), _a["steps"], Path(_a["run_dir"]))[1]))

@@ -19,6 +19,7 @@ import pandas as pd
 
 from bnstudy.archive import iter_runs
 from bnstudy.archive_write import refuse_damaged
+from bnstudy.plugins import load_recorded
 from bnstudy.provenance import code_version, commit_label
 from bnstudy.runs import summary_damage
 from bnstudy.sweep_log import SWEEPS_LOG, multirun_command
@@ -130,15 +131,19 @@ def load_runs(root: str | Path) -> pd.DataFrame:
     """
     root = Path(root)
     refuse_damaged(root)
-    rows = []
+    rows, summaries = [], []
     for rec in iter_runs(root):
         try:
             s = rec.summary
             if s is None:
                 raise ValueError(summary_damage(rec.dir) or "summary.json is missing or not a JSON object")
             rows.append(_run_row(root, rec.dir, s))
+            summaries.append(s)
         except (OSError, ValueError, TypeError, AttributeError) as e:
             warnings.warn(f"skipped {rec.dir}: unreadable summary.json ({e})", stacklevel=2)
+    # variants from plugins: their registry entries give colours and say which keep running statistics
+    for problem in load_recorded(summaries):
+        warnings.warn(problem, stacklevel=2)
     columns = ["run", "run_dir", *FACTORS, *RESULT_COLUMNS]
     if not rows:
         return pd.DataFrame(columns=columns)

@@ -75,7 +75,8 @@ def command_line_error(e: BaseException) -> str | None:
             return _composition_error(str(x))
         if isinstance(x, MissingConfigException) and x.options is not None and x.missing_cfg_file:
             group, _, name = x.missing_cfg_file.rpartition("/")
-            return f"unknown {group} '{name}'; choose one of: {', '.join(x.options)}"
+            mine = "; a YAML of your own: add its folder with hydra.searchpath=[file://DIR] (docs/plugins.md)" if group == "norm" else ""
+            return f"unknown {group} '{name}'; choose one of: {', '.join(x.options)}{mine}"
         if isinstance(x, (ConfigAttributeError, ConfigKeyError)) and getattr(x, "full_key", None):
             return _unknown_key(x.full_key)
         if isinstance(x, ValidationError) and getattr(x, "full_key", None):

@@ -13,6 +13,10 @@ def _run_name_resolver(*, _root_: DictConfig) -> str:
     # outputs (.hydra/, the job log) land inside the run folder.
     plain = {k: OmegaConf.to_container(_root_[k], resolve=True) if OmegaConf.is_config(_root_[k]) else _root_[k] for k in _root_ if k != "hydra"}
     check_out_dir(str(plain.get("out_dir", "")))  # before Hydra creates the run folder in it
+    if plain.get("plugins"):  # a plugin that cannot be imported is one line before any folder exists
+        from bnstudy.plugins import load
+
+        load(plain["plugins"])
     return run_name(plain)
 
 

@@ -97,4 +97,7 @@ def variant(name: str) -> Variant:
     try:
         return NORMS[name]
     except KeyError:
-        raise ConfigError(f"unknown norm '{name}'; choose one of: {', '.join(sorted(NORMS))}") from None
+        raise ConfigError(
+            f"unknown norm '{name}'; choose one of: {', '.join(sorted(NORMS))}, or name the module that registers it "
+            "with plugins=[MODULE] (docs/plugins.md)"
+        ) from None

@@ -19,6 +19,7 @@ from typing import Any
 from bnstudy import threads
 from bnstudy.config import factors
 from bnstudy.errors import no_space
+from bnstudy.plugins import of_run
 from bnstudy.provenance import MACHINE_KEYS, provenance, segments
 from bnstudy.runs import MetricsLog, atomic_write_text, checksums, read_summary, write_json
 from bnstudy.train import precision
@@ -53,7 +54,7 @@ def summary(state: State, status: str, params: int, started: float, **more: Any)
         "run": f"{state.run_dir.parent.name}/{state.run_dir.name}",
         "device": str(state.device),
         # code and machine: what `bnstudy-runs --stale` compares; and the precision and memory format computed in
-        "provenance": {**provenance(state.device, threads.why()), **precision.record(state.cfg)},
+        "provenance": {**provenance(state.device, threads.why(), of_run(state.cfg)), **precision.record(state.cfg)},
         "updated": time.time(),
         "started": started,
         **more,
@@ -100,7 +101,7 @@ class RunFolder:
         )
         prev = read_summary(run_dir) if resume else None
         self.started = prev.get("started", time.time()) if prev else time.time()
-        self.segments = segments(prev, state.step, provenance(state.device, threads.why()))
+        self.segments = segments(prev, state.step, provenance(state.device, threads.why(), of_run(state.cfg)))
         if len(self.segments) > 1 and self.segments[-1]["from_step"] == state.step:
             then, now = self.segments[-2], self.segments[-1]
             diff = ", ".join(f"{k} {then[k]} then, {now[k]} now" for k in MACHINE_KEYS if then.get(k) != now[k])
