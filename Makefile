@@ -73,6 +73,11 @@ docs: $(DOCS_STAMP)
 test-docs: docs
 	$(BIN)/python -m pytest -q -m browser tests/test_site_browser.py
 
+# the one-screen answer: the headline gaps measured from the packed studies, the table in results/README.md
+# and results/answer/gaps.png (+ .svg, .csv); tests/test_answer.py checks the committed table against it
+answer: $(STAMP)
+	$(BIN)/bnstudy-report results --answer
+
 bench: $(STAMP)
 	$(BIN)/bnstudy-bench
 

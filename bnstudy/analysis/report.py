@@ -500,7 +500,19 @@ def main(argv: list[str] | None = None) -> None:
     svg = p.add_mutually_exclusive_group()
     svg.add_argument("--svg", action="store_true", help="also write each figure as SVG (large for many runs: not for committed studies)")
     svg.add_argument("--no-svg", action="store_true", help="PNG figures only (the default; kept for older commands)")
+    p.add_argument("--answer", action="store_true",
+                   help="DIR is the results folder: measure the headline gaps of its packed studies, draw DIR/answer/gaps.png "
+                        "and .svg, and write the one-screen table into DIR/README.md between its answer markers")
     a = p.parse_args(argv)
+    if a.answer:
+        from bnstudy.analysis.answer import write_answer
+
+        try:
+            for path in write_answer(a.dir):
+                print(path)
+        except (OSError, ValueError, PackError) as e:
+            p.exit(2, f"error: {e}\n")
+        return
     if not Path(a.dir).is_dir():
         p.exit(2, f"error: {a.dir} is not a folder; give the out_dir of a run or sweep\n")
     if a.target is not None and not 0 < a.target <= 1:
