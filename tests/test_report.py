@@ -61,9 +61,10 @@ def test_report_on_a_sweep(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFi
         for ext in ("png", "svg"):
             assert (out / "figures" / f"{name}.{ext}").stat().st_size > 1000
     assert "sensitivity" not in text  # only the variant varies
-    main([str(sweep), "--out", str(out)])  # PNG only, the default: the SVGs and their links go
+    main([str(sweep), "--out", str(out)])  # PNG + PDF, the default: the SVGs and their links go
     capsys.readouterr()
-    assert not list((out / "figures").glob("*.svg")) and "(vector:" not in (out / "report.md").read_text()
+    assert not list((out / "figures").glob("*.svg")) and "svg)" not in (out / "report.md").read_text()
+    assert "(vector: [figures/test_acc_vs_step.pdf](figures/test_acc_vs_step.pdf))" in (out / "report.md").read_text()
     assert (out / "figures" / "test_acc_vs_step.png").stat().st_size > 1000
     assert "init=default" in text and "pool=max" in text  # every run's init among the fixed factors
     assert "### Differences vs `bn`" in text and "| affine | 2 vs 2 |" in text and "Holm-adjusted over the 2 comparison(s)" in text

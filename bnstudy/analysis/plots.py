@@ -14,6 +14,7 @@ entry declares (:func:`palette`).
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,7 +24,7 @@ from matplotlib import transforms
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from bnstudy.analysis.aggregate import DONE, curves, mean_ci, varying_factors
+from bnstudy.analysis.aggregate import DONE, curves, mean_ci, t_quantile, varying_factors
 from bnstudy.analysis.probe_plots import (  # noqa: F401  (re-exported: bnstudy.analysis.<name> reads them here)
     landscape_figure,
     probe_figure,
@@ -49,6 +50,45 @@ from bnstudy.analysis.style import (  # noqa: F401
 from bnstudy.fmt import fmt
 
 
+PROPORTION_BAND = "95% t interval of the seeds' logit accuracy, mapped back: always inside [0, 1]"
+LOGIT_EPS = 1e-4  # an accuracy of exactly 0 or 1 is held this far inside, so its logit is finite
+
+
+def proportion_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """A few-seed interval for a mean accuracy that stays inside [0, 1].
+
+    Student's t interval of the mean of logit(accuracy) over seeds, mapped back
+    with the logistic function: symmetric on the logit scale, so it narrows
+    towards 0 and 1 instead of crossing them. NaN below two finite values.
+    """
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
+    if len(v) < 2:
+        return math.nan, math.nan
+    z = np.log(np.clip(v, LOGIT_EPS, 1 - LOGIT_EPS) / (1 - np.clip(v, LOGIT_EPS, 1 - LOGIT_EPS)))
+    half = t_quantile(level, len(z) - 1) * float(z.std(ddof=1)) / math.sqrt(len(z))
+    m = float(z.mean())
+    return float(1 / (1 + math.exp(-(m - half)))), float(1 / (1 + math.exp(-(m + half))))
+
+
+def _proportion_bands(m: pd.DataFrame, split: str, metric: str) -> pd.DataFrame:
+    """Per (norm, step): :func:`proportion_ci` of the seeds' values (columns ``norm, step, lo, hi``)."""
+    d = m[(m["split"] == split) & (m["metric"] == metric)]
+    d = d[np.isfinite(d["value"].astype(float))]
+    rows = [(*k, *proportion_ci(g["value"].astype(float))) for k, g in d.groupby(["norm", "step"], sort=True)]
+    return pd.DataFrame(rows, columns=["norm", "step", "lo", "hi"])
+
+
+def _padded(lo: float, hi: float, bounds: tuple[float | None, float | None]) -> tuple[float, float]:
+    """A y-range holding [lo, hi] with a margin, inside the metric's bounds: no curve or band is cut."""
+    pad = 0.04 * (hi - lo) if hi > lo else 0.01
+    a, b = lo - pad, hi + pad
+    if bounds[0] is not None:
+        a = max(a, bounds[0])
+    if bounds[1] is not None:
+        b = min(b, bounds[1] + 0.01 * (b - a))  # room for a curve at exactly 1
+    return a, b
+
+
 def curves_figure(
     runs: pd.DataFrame,
     metrics: pd.DataFrame,
@@ -58,51 +98,71 @@ def curves_figure(
     logy: bool = False,
     ylabel: str | None = None,
     bounds: tuple[float | None, float | None] = (None, None),
+    seeds: bool = False,
 ) -> Figure:
-    """One line per norm variant (mean over seeds, 95% CI band) of ``split/metric`` against step or seconds.
+    """One line per norm variant (mean over seeds, 95% band) of ``split/metric`` against step or seconds.
 
     One panel per value of the other factors that vary (e.g. one per learning rate).
-    ``bounds`` clip the bands to the metric's range (a 2-seed t interval is wide).
+    An accuracy (``bounds`` (0, 1)) gets :func:`proportion_ci`'s band, inside [0, 1];
+    other metrics the t interval, clipped to ``bounds``. ``seeds``: each run as a
+    thin line under the mean. The y-range holds every mean, band and seed line.
     """
     cols, combos = facets(runs)
     fig, axes = grid_figure(len(combos))
     norms = variant_order(runs["norm"].dropna())
-    plotted: list[float] = []
+    proportion = bounds == (0.0, 1.0)
+    shown: list[float] = []
     for ax, combo in zip(axes, combos):
-        c = curves(select(metrics, cols, combo), split, metric, by=["norm"])
+        sub = select(metrics, cols, combo)
+        c = curves(sub, split, metric, by=["norm"])
+        bands = _proportion_bands(sub, split, metric) if proportion and not sub.empty else None
         for norm in norms:
             d = c[c["norm"].astype(str) == norm].sort_values("step")
             if d.empty:
                 continue
             xs = d[x].to_numpy(float)
+            if seeds:
+                m = sub[(sub["split"] == split) & (sub["metric"] == metric) & (sub["norm"].astype(str) == norm)]
+                for _, r in m.groupby("run", sort=True):
+                    r = r.sort_values("step")
+                    vals = r["value"].to_numpy(float)
+                    ax.plot(r[x].to_numpy(float), vals, color=color(norm), lw=0.6, alpha=0.45)
+                    shown += vals[np.isfinite(vals)].tolist()
             ax.plot(xs, d["mean"], color=color(norm), lw=1.8, label=norm)
-            plotted += d["mean"].dropna().tolist()
-            lo, hi = np.clip(d["lo"].to_numpy(float), *bounds), np.clip(d["hi"].to_numpy(float), *bounds)
-            ax.fill_between(xs, lo, hi, color=color(norm), alpha=0.18, lw=0)
+            shown += d["mean"].dropna().tolist()
+            if bands is not None:
+                b = d[["step"]].merge(bands[bands["norm"].astype(str) == norm], on="step", how="left")
+                lo, hi = b["lo"].to_numpy(float), b["hi"].to_numpy(float)
+            else:
+                lo, hi = np.clip(d["lo"].to_numpy(float), *bounds), np.clip(d["hi"].to_numpy(float), *bounds)
+            ax.fill_between(xs, lo, hi, color=color(norm), alpha=0.12 if seeds else 0.18, lw=0)
+            shown += [v for v in (*lo, *hi) if np.isfinite(v)]
         if logy:
             ax.set_yscale("log")
-        elif bounds == (0.0, 1.0) and plotted:
-            # accuracy: start the axis near the bulk of the curves, so late differences stay visible
-            ax.set_ylim(max(0.0, float(np.percentile(plotted, 10)) - 0.05), min(1.0, max(plotted) + 0.01))
         if x == "step":
             mark_freeze(ax, cols, combo)
         ax.set_xlabel(X_LABELS.get(x, x))
         ax.set_ylabel(ylabel or f"{split} {metric}")
         ax.set_title(panel_title(cols, combo), fontsize=10)
         ax.grid(alpha=0.3, which="both" if logy else "major")
+    if shown and not logy:
+        axes[0].set_ylim(*_padded(min(shown), max(shown), bounds))  # shared by every panel
     legend(fig, norms)
-    fig.suptitle(f"{split} {metric} vs {x}\n(mean over seeds, band: 95% CI)", fontsize=11)
+    band = PROPORTION_BAND if proportion else "95% t interval over seeds"
+    what = "thin lines: each seed; " if seeds else ""
+    fig.suptitle(f"{split} {metric} vs {x}\n(line: mean over seeds; {what}band: {band})", fontsize=10)
     return fig
 
 
-def accuracy_figure(runs: pd.DataFrame, metrics: pd.DataFrame, x: str = "step") -> Figure:
-    """Test accuracy against step (or training seconds), per variant, with CI bands."""
-    return curves_figure(runs, metrics, "test", "acc", x=x, ylabel="test accuracy (fraction correct)", bounds=(0.0, 1.0))
+def accuracy_figure(runs: pd.DataFrame, metrics: pd.DataFrame, x: str = "step", seeds: bool = False) -> Figure:
+    """Test accuracy against step (or training seconds), per variant, with bands inside [0, 1]."""
+    return curves_figure(runs, metrics, "test", "acc", x=x, ylabel="test accuracy (fraction correct)", bounds=(0.0, 1.0), seeds=seeds)
 
 
-def loss_figure(runs: pd.DataFrame, metrics: pd.DataFrame, x: str = "step") -> Figure:
+def loss_figure(runs: pd.DataFrame, metrics: pd.DataFrame, x: str = "step", seeds: bool = False) -> Figure:
     """Training loss (log scale) against step (or training seconds), per variant, with CI bands."""
-    return curves_figure(runs, metrics, "train", "loss", x=x, logy=True, ylabel="training loss (cross-entropy, log scale)", bounds=(1e-6, None))
+    return curves_figure(runs, metrics, "train", "loss", x=x, logy=True, ylabel="training loss (cross-entropy, log scale)",
+                         bounds=(1e-6, None), seeds=seeds)  # fmt: skip
 
 
 def _axis_positions(values: Sequence[Any]) -> tuple[dict[Any, float], bool, bool]:
@@ -137,11 +197,13 @@ def sensitivity_figure(runs: pd.DataFrame, factor: str = "lr") -> Figure:
                 ok = d[d["status"] != "diverged"]
                 pts = []
                 for v in sorted(pos, key=pos.get):
-                    m, lo, hi, n = mean_ci(ok.loc[ok[factor] == v, ycol])
+                    vals = ok.loc[ok[factor] == v, ycol].astype(float)
+                    m = mean_ci(vals)[0]
+                    lo, hi = proportion_ci(vals)
                     pts.append((pos[v], m, lo, hi))
                 xs, ms, los, his = (np.array(a, dtype=float) for a in zip(*pts)) if pts else ([],) * 4
                 if len(xs):
-                    err = np.vstack([ms - np.clip(los, 0, 1), np.clip(his, 0, 1) - ms])  # accuracy lives in [0, 1]
+                    err = np.maximum(np.vstack([ms - los, his - ms]), 0)  # inside [0, 1] by construction; ≥ 0 against rounding
                     ax.errorbar(xs, ms, yerr=np.nan_to_num(err), color=color(norm), marker="o", ms=4, lw=1.6, capsize=3)
                 div = d[d["status"] == "diverged"]
                 if len(div):
@@ -165,7 +227,7 @@ def sensitivity_figure(runs: pd.DataFrame, factor: str = "lr") -> Figure:
         lo, hi = axes[0].get_ylim()  # shared by all panels: a strip at the bottom for the x markers
         axes[0].set_ylim(lo - 0.12 * (hi - lo), hi)
     legend(fig, norms, extra=[(Line2D([], [], color="k", marker="x", ls="", ms=8, mew=2), "diverged run")])
-    fig.suptitle(f"Sensitivity to {FACTOR_LABELS.get(factor, factor)} (mean over non-diverged seeds, bars: 95% CI)", fontsize=11)
+    fig.suptitle(f"Sensitivity to {FACTOR_LABELS.get(factor, factor)}\n(mean over non-diverged seeds; bars: {PROPORTION_BAND})", fontsize=10)
     return fig
 
 
@@ -174,16 +236,16 @@ def sweep_factors(runs: pd.DataFrame) -> list[str]:
     return [f for f in varying_factors(runs, exclude=("seed", "norm", "study"))]
 
 
-def figures(runs: pd.DataFrame, metrics: pd.DataFrame) -> dict[str, Figure]:
-    """Every figure that applies to these runs, by file name (without extension)."""
+def figures(runs: pd.DataFrame, metrics: pd.DataFrame, seeds: bool = False) -> dict[str, Figure]:
+    """Every figure that applies to these runs, by file name (without extension); ``seeds``: each run as a thin line."""
     shown = runs[runs["status"] != "failed"]
     m = metrics[metrics["run"].isin(shown["run"])] if not metrics.empty else metrics
     out: dict[str, Figure] = {}
     if shown.empty:
         return out
     for x in ("step", "seconds"):
-        out[f"test_acc_vs_{x}"] = accuracy_figure(shown, m, x)
-        out[f"train_loss_vs_{x}"] = loss_figure(shown, m, x)
+        out[f"test_acc_vs_{x}"] = accuracy_figure(shown, m, x, seeds=seeds)
+        out[f"train_loss_vs_{x}"] = loss_figure(shown, m, x, seeds=seeds)
     for f in sweep_factors(shown):
         out[f"sensitivity_{f}"] = sensitivity_figure(shown, f)
     p = probe_figure(shown, m)
@@ -203,13 +265,13 @@ def figures(runs: pd.DataFrame, metrics: pd.DataFrame) -> dict[str, Figure]:
     return out
 
 
-PNG_DPI = 100  # screen size: every committed report's figures together stay a few MB
-PNG_MAX_PIXELS = 1.2e6  # many-panel figures get a lower dpi, so a committed report stays small
+PNG_DPI = 150  # sharp on a high-density screen; the 64-colour PNG keeps a committed report small
+PNG_MAX_PIXELS = 1.2e7  # only a canvas beyond every report's (a 16-panel grid is ~5e6 px at 150 dpi) gets fewer dpi
 PNG_COLOURS = 64  # line plots on white: anti-aliased edges need no more
 
 
 def png_dpi(fig: Figure) -> float:
-    """100 dpi, lowered for large canvases so the PNG has at most :data:`PNG_MAX_PIXELS` pixels."""
+    """:data:`PNG_DPI`, lowered only for a canvas so large that the PNG would pass :data:`PNG_MAX_PIXELS` pixels."""
     w, h = fig.get_size_inches()
     return min(PNG_DPI, (PNG_MAX_PIXELS / (w * h)) ** 0.5)
 

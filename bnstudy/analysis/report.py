@@ -256,13 +256,15 @@ def build_report(
     target: float | None = None,
     reference: str | None = None,
     vector: bool = False,
+    seeds: bool = False,
 ) -> Path:
     """Write ``out/report.md``, ``summary.csv``, ``differences.csv``, ``tuned.csv`` and ``figures/`` for ``root``; return report.md.
 
     ``reference``: the variant the others are compared with (default ``bn``,
     skipped with a note when absent; an explicit one must have runs).
-    ``vector``: also write each figure as SVG (large for figures of many runs;
-    off, the default, keeps a committed study small).
+    Each figure is a PNG at 150 dpi and a PDF (vector); ``vector``: also an SVG
+    (large for figures of many runs; off, the default, keeps a committed study
+    small). ``seeds``: the curves draw each run as a thin line under the mean.
     """
     root = Path(root)
     out = Path(out) if out is not None else root
@@ -292,8 +294,8 @@ def build_report(
     summary.to_csv(out / "summary.csv", index=False)
     comparisons = _comparison_sections(runs, metrics, by, target, reference or "bn", out)
 
-    figs = figures(runs, metrics)
-    formats = ("png", "svg") if vector else ("png",)
+    figs = figures(runs, metrics, seeds=seeds)
+    formats = ("png", "pdf", "svg") if vector else ("png", "pdf")
     for name, fig in figs.items():
         save_figure(fig, out / "figures", name, formats=formats)
         if not vector:
@@ -324,7 +326,7 @@ def build_report(
     ]
     for name in figs:
         title = figure_title(name)
-        vec = [f"(vector: [figures/{name}.svg](figures/{name}.svg))"] if vector else []
+        vec = [f"(vector: [figures/{name}.pdf](figures/{name}.pdf)" + (f", [svg](figures/{name}.svg))" if vector else ")")]
         lines += [f"### {title}", "", f"![{title}](figures/{name}.png)", *vec, ""]
     lines += _late_probe_section(runs, metrics, by, out, reference or "bn")
     lines += _probe_section(metrics, by, out)
@@ -500,6 +502,7 @@ def main(argv: list[str] | None = None) -> None:
     svg = p.add_mutually_exclusive_group()
     svg.add_argument("--svg", action="store_true", help="also write each figure as SVG (large for many runs: not for committed studies)")
     svg.add_argument("--no-svg", action="store_true", help="PNG figures only (the default; kept for older commands)")
+    p.add_argument("--seeds", action="store_true", help="draw each seed as a thin line under the mean in the curve figures")
     p.add_argument("--answer", action="store_true",
                    help="DIR is the results folder: measure the headline gaps of its packed studies, draw DIR/answer/gaps.png "
                         "and .svg, and write the one-screen table into DIR/README.md between its answer markers")
@@ -519,7 +522,7 @@ def main(argv: list[str] | None = None) -> None:
         p.exit(2, f"error: --target is a test accuracy in (0, 1], got {a.target}\n")
     try:
         refuse_damaged(a.dir)  # before anything is written
-        path = build_report(a.dir, a.out, a.target, a.reference, vector=a.svg)
+        path = build_report(a.dir, a.out, a.target, a.reference, vector=a.svg, seeds=a.seeds)
     except (NoRuns, UnknownReference, MixedStudies, PackError) as e:
         p.exit(2, f"error: {e}\n")
     except OSError as e:  # --out a file, a read-only folder, a full disk: the tables cannot be written
