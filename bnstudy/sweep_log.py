@@ -40,6 +40,8 @@ def keep_sweep_record(sweep_dir: Path, before: bytes | None, sweep_id: str | Non
     if not trained:
         if before is not None:
             atomic_write_text(path, before.decode())
+        else:  # the sweep wrote it into a folder that had none: a sweep that trains nothing writes nothing
+            path.unlink(missing_ok=True)
         return
     log = sweep_dir / SWEEPS_LOG
     logged = log.read_text().splitlines() if log.exists() else []

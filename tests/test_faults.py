@@ -604,3 +604,65 @@ def test_a_damaged_pack_says_restore_from_git_once(damage, tmp_path):
         code, _, err = call(runs, argv)
         line = first_line(err)
         assert code == 2 and line.startswith("error: ") and line.count("from git") == 1, (argv, err)
+
+
+# ---------------------------------------------------------------- a full disk, then a resume
+
+
+def test_a_run_resumed_after_a_full_disk_keeps_no_error_txt(tmp_path, tmp_data):
+    from .test_lifecycle import enospc
+
+    args = [*FAST, "train.steps=6", f"out_dir={tmp_path / 'out'}"]
+    run = run_dir_of(args)
+    r = cli(args, cwd=tmp_path, env=enospc(".checkpoint.pt.*.tmp:2"))  # the checkpoint at step 2 fits, the one at 4 not
+    assert r.returncode == 1 and summary(run)["status"] == "failed" and (run / "error.txt").exists(), r.stderr
+    r = cli(args, cwd=tmp_path)  # space again: the same command resumes from step 2 and completes
+    assert r.returncode == 0 and "resumed" in (run / "train.log").read_text(), r.stderr
+    assert summary(run)["status"] == "completed" and not (run / "error.txt").exists()
+
+
+# ---------------------------------------------------------------- a command that trains nothing leaves nothing
+
+REJECTED = [
+    # (case, overrides, environment, first line of stderr: a regex)
+    ("a learning rate below zero", ["optim.lr=-1"], {}, r"^error: optim\.lr must be > 0"),
+    ("a negative thread count", ["train.threads=-1"], {}, r"^error: train\.threads must be 0"),
+    ("a key the schema lacks", ["+foo=1"], {}, r"^error: unknown config key 'foo'"),
+    ("a dataset that is not there", ["data=mnist", "data.download=false"], "nodata", r"^error: no mnist data"),
+    ("a sweep of bad values", ["-m", "seed=0,1", "optim.lr=-1"], {}, r"^error: optim\.lr must be > 0"),
+]
+
+
+@pytest.mark.parametrize("case,overrides,env,expected", REJECTED, ids=[c[0] for c in REJECTED])
+def test_a_rejected_command_creates_no_folder(case, overrides, env, expected, tmp_path, tmp_data):
+    if env == "nodata":
+        env = {"BNSTUDY_DATA_MIRROR": str(tmp_path / "no-mirror")}
+    flags = [o for o in overrides if o.startswith("-")]  # -m goes first
+    args = [*flags, *FAST, *(o for o in overrides if o not in flags), f"out_dir={tmp_path / 'x' / 'deep' / 'er'}"]
+    r = cli(args, cwd=tmp_path, env=env)
+    assert r.returncode == 2 and re.search(expected, r.stderr.strip().splitlines()[-1]), r.stderr
+    assert not (tmp_path / "x").exists(), sorted(map(str, (tmp_path / "x").rglob("*")))
+
+
+def test_a_sweep_stopped_by_a_run_damaged_in_its_pack_writes_nothing(tmp_path):
+    """The sweep's jobs: seed 0 packed and intact (skipped), seed 1 packed with an edited value (stops the sweep)."""
+    import pandas as pd
+
+    from bnstudy.archive_write import pack
+
+    from .test_archive import fake_run
+
+    study = tmp_path / "study"
+    for seed in (0, 1):
+        fake_run(study, seed)
+    pack(study)
+    (study / "multirun.yaml").write_text("hydra: {the: sweep that made the study}\n")
+    t = pd.read_parquet(study / "metrics.parquet")
+    t.loc[t.index[-1], "value"] = 0.5  # the last row, seed 1's
+    t.to_parquet(study / "metrics.parquet")
+    before = tree(study)
+    r = cli(["-m", "data=synthetic", "norm=bn", "seed=0,1", "train.steps=20", f"out_dir={study}"], cwd=tmp_path)
+    line = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and re.match(r"^error: .*seed1 is damaged in its pack", line), r.stderr
+    assert tree(study) == before, "a file was written or changed (multirun.yaml?)"
+    assert not [p for p in study.rglob("*") if p.is_dir()], "a folder was left (an empty seed0/?)"

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from bnstudy.cli import resolvers  # noqa: F401  (the resolvers and the schema the config needs)
 from bnstudy.cli.hydra_errors import FULL_ERROR_ENV, command_line_error, full_error
 from bnstudy.cli.job import run_job
+from bnstudy.cli.leftovers import remove_made
 from bnstudy.cli.skip import remove_if_empty
 from bnstudy.cli.sweep import SweepCallback
 from bnstudy.errors import INTERRUPTED_AT_START, BnstudyError, causes, no_space
@@ -38,13 +39,14 @@ def _hydra_main(cfg: DictConfig) -> str:
                   f"run the command without force=true to resume from step {e.step}", file=sys.stderr)
         else:
             print(f"interrupted at step {e.step}; run the same command to resume", file=sys.stderr)
+        _ends_here(out, multirun)
         sys.exit(130)
     except KeyboardInterrupt:
-        remove_if_empty(out)
+        _ends_here(out, multirun)
         print(INTERRUPTED_AT_START, file=sys.stderr)
         sys.exit(130)
     except BnstudyError as e:
-        remove_if_empty(out)
+        _ends_here(out, multirun)
         if full:
             raise
         print(f"error: {e}", file=sys.stderr)
@@ -53,6 +55,7 @@ def _hydra_main(cfg: DictConfig) -> str:
         if no_space(e) and not full:
             # every later job would fail the same way: stop the sweep; the run resumes once there is space
             print(f"error: no space left on the device holding {out}; free some and run the same command to resume", file=sys.stderr)
+            _ends_here(out, multirun)
             sys.exit(1)
         if full or not multirun:
             if not full:
@@ -67,6 +70,16 @@ def _hydra_main(cfg: DictConfig) -> str:
         return "failed"
 
 
+def _ends_here(out: Path, multirun: bool) -> None:
+    """The command stops at this job: it leaves what a finished command leaves, and none of the folders it made for
+    nothing (this job's run folder when it holds no run, the folders Hydra made above it, a sweep's empty job folders
+    and, when no job trained, its rewritten multirun.yaml)."""
+    remove_if_empty(out)
+    if multirun:
+        SweepCallback.stopped()
+    remove_made()
+
+
 def train() -> None:
     """``bnstudy-train``: the Hydra app; exits non-zero if any run of a sweep failed.
 
@@ -75,16 +88,21 @@ def train() -> None:
     (HYDRA_FULL_ERROR=1) so they can be reported here in bnstudy's words.
     """
     SweepCallback.failed, SweepCallback.interrupted, SweepCallback.unrecorded = [], [], []
+    SweepCallback.running = None
     saved = {k: os.environ.get(k) for k in ("HYDRA_FULL_ERROR", FULL_ERROR_ENV)}
     user_full = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ[FULL_ERROR_ENV] = "1" if user_full else "0"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         _hydra_main()
-    except KeyboardInterrupt:  # while Hydra composes the config, before any job
+    except KeyboardInterrupt:  # while Hydra composes the config or sets a job up
+        SweepCallback.stopped()
+        remove_made()
         print(INTERRUPTED_AT_START, file=sys.stderr)
         sys.exit(130)
     except Exception as e:
+        SweepCallback.stopped()
+        remove_made()
         if user_full or any(isinstance(x, BrokenPipeError) for x in causes(e)):
             raise  # a closed stdout (``--help | head``) is bnstudy.startup's to end quietly
         line = command_line_error(e)

@@ -14,7 +14,7 @@ from bnstudy.cli.skip import remove_if_empty, run_log_files, skip
 from bnstudy.cli.sweep import SWEEP_ENV, launcher_share
 from bnstudy.checks import check_values
 from bnstudy.config import RunConfig, run_name
-from bnstudy.runs import RunLock, atomic_write_text
+from bnstudy.runs import RunLock, atomic_write_text, read_summary
 from bnstudy.startup import sigint_held
 from bnstudy.train.stops import Interrupted, StopRequest
 
@@ -31,6 +31,14 @@ def _save_hydra_record(run_dir: Path, cfg: DictConfig) -> None:
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg))
     atomic_write_text(out / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hc})))
     atomic_write_text(out / "overrides.yaml", OmegaConf.to_yaml(hc.overrides.task))
+
+
+def _drop_earlier_error(run_dir: Path) -> None:
+    """error.txt is the traceback of an attempt that failed: once a later one (a resume) has recorded another status,
+    it describes nothing in the folder and goes (a packed run would keep it)."""
+    s = read_summary(run_dir)
+    if s is not None and s.get("status") != "failed":
+        (run_dir / "error.txt").unlink(missing_ok=True)
 
 
 def run_job(cfg: DictConfig) -> str:
@@ -72,11 +80,13 @@ def run_job(cfg: DictConfig) -> str:
             _save_hydra_record(run_dir, cfg)
             result = train_run(rcfg, run_dir, sweep_id=os.environ.get(SWEEP_ENV), stop=stop)
     except Interrupted as e:
+        _drop_earlier_error(run_dir)
         if e.reason == CTRL_C:
             raise  # the user stops the whole command: the app says where and how to go on
         log.warning("interrupted %s at step %d (%s); checkpoint kept", run_dir, e.step, e.reason)
         requeue(stop, previous)
         return "interrupted"
+    _drop_earlier_error(run_dir)
     final = result["final"]
     log.info(
         "%s %s: step %d, test acc %s, %.1f s",

@@ -1,10 +1,13 @@
 """What Hydra needs before it composes a config: bnstudy's resolvers and the typed schema."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from bnstudy.checks import check_out_dir
+from bnstudy.cli.leftovers import note_missing
 from bnstudy.config import RunConfig, run_name
 
 
@@ -17,7 +20,9 @@ def _run_name_resolver(*, _root_: DictConfig) -> str:
         from bnstudy.plugins import load
 
         load(plain["plugins"])
-    return run_name(plain)
+    name = run_name(plain)
+    note_missing(Path(str(plain["out_dir"])) / name)  # Hydra creates it next: a command that trains nothing leaves none of it
+    return name
 
 
 def signal_delay(timeout_min: int, wanted: int) -> int:

@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from bnstudy.cli.leftovers import note_missing
 from bnstudy.runs import read_summary
 from bnstudy.sweep_log import keep_sweep_record, sweep_record_before
 
@@ -24,6 +25,7 @@ class SweepCallback(Callback):
     failed: list[str] = []
     interrupted: list[str] = []
     unrecorded: list[str] = []  # jobs that failed before training wrote a summary (added by the app)
+    running: tuple[Path, bytes | None] | None = None  # the sweep under way: its out_dir and multirun.yaml before it
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from bnstudy.archive import PackError
@@ -35,9 +37,22 @@ class SweepCallback(Callback):
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)  # SystemExit: Hydra turns a callback's Exception into a warning and goes on
         os.environ[SWEEP_ENV] = uuid.uuid4().hex[:12]
-        self._record = sweep_record_before(Path(config.hydra.sweep.dir))  # before Hydra rewrites multirun.yaml
+        root = Path(config.hydra.sweep.dir)
+        note_missing(root)  # Hydra creates it next: a sweep that trains nothing leaves no folder it made
+        self._record = sweep_record_before(root)  # before Hydra rewrites multirun.yaml
+        SweepCallback.running = (root, self._record)
+
+    @classmethod
+    def stopped(cls) -> None:
+        """A job ended the whole sweep (bad input, Ctrl-C, a damaged pack, a full disk): keep its record as at a
+        normal end (empty job folders go; multirun.yaml as it was if no job trained, else the command in sweeps.log)."""
+        if cls.running is not None:
+            root, before = cls.running
+            cls.running = None
+            keep_sweep_record(root, before, os.environ.get(SWEEP_ENV))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        SweepCallback.running = None
         sweep_id = os.environ.get(SWEEP_ENV)
         root = Path(config.hydra.sweep.dir)
         failed, interrupted = [], []
