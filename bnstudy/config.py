@@ -42,9 +42,12 @@ class ModelConfig:
     depth: int = 3
     width: int = 100
     activation: str = "sigmoid"
-    init: str = "default"  # default | lecun | xavier | he | orthogonal, see bnstudy.models.init
+    init: str = "default"  # default | lecun | xavier | he | orthogonal | fixup (resnet), see bnstudy.models.init
     pool: str = "max"  # cnn, vgg: max | avg | stride (the conv before the pool takes stride 2)
     zero_init_residual: bool = False  # resnet: each residual branch starts at zero (SkipInit)
+    # resnet with zero_init_residual: what starts each branch at zero. norm: the branch's last γ where the
+    # variant has one (per channel), else a scalar gain; scalar: a scalar gain, every γ left at 1
+    branch_gate: str = "norm"
 
 
 @dataclass
@@ -70,6 +73,10 @@ class OptimConfig:
     nesterov: bool = False
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
+    # the parameters other than conv and linear weights (every norm layer's γ and β, biases, scalar gains):
+    # whether weight decay applies to them, and their learning rate relative to lr (bnstudy.train.build.param_groups)
+    norm_decay: bool = True
+    norm_lr_scale: float = 1.0
 
 
 @dataclass
@@ -208,6 +215,9 @@ ADDED_KEYS: dict[str, Any] = {
     "model.init": "default",
     "model.pool": "max",
     "model.zero_init_residual": False,
+    "model.branch_gate": "norm",
+    "optim.norm_decay": True,
+    "optim.norm_lr_scale": 1.0,
     "train.precise_bn": 0,
 }
 
@@ -333,4 +343,7 @@ def factors(cfg: RunConfig) -> dict[str, Any]:
         # only where it acts: other variants' runs must not split into groups by a key they ignore
         "freeze_after": cfg.norm.freeze_after if cfg.norm.name == "bn_frozen" else None,
         "zero_init_residual": cfg.model.zero_init_residual if cfg.model.name == "resnet" else None,
+        "branch_gate": cfg.model.branch_gate if cfg.model.name == "resnet" and cfg.model.zero_init_residual else None,
+        "norm_decay": cfg.optim.norm_decay,
+        "norm_lr_scale": cfg.optim.norm_lr_scale,
     }

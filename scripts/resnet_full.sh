@@ -4,6 +4,7 @@
 #   bash scripts/resnet_full.sh mid        # 2. 10 epochs, 3 seeds at each setting's chosen rate (15 runs)
 #   bash scripts/resnet_full.sh rate_check # beside 2: 10 epochs, 3 seeds at a setting's runner-up rate (RATE_CHECK)
 #   bash scripts/resnet_full.sh full       # 3. 30 epochs, 3 seeds at the rates chosen at 10 epochs (9 runs)
+#   bash scripts/resnet_full.sh long       # 4. the published budget: 182 epochs (71,000 steps), bn, 1 seed, fp32
 #   bash scripts/resnet_full.sh all        # select, mid, rate_check, full in order
 #   bash scripts/resnet_full.sh ladder     # the scale ladder as markdown: skipinit (width 8), then each rung with a finished run
 # The 30-epoch rung also ran on one GPU (results/resnet_full/gpu, bf16 + channels_last as the experiment sets), one
@@ -36,6 +37,11 @@ SETTINGS=(
 # a rate written lr/fp32 trains in fp32 + channels_last (train.amp=false), the rest of select in bf16 + channels_last
 # the settings of the full rung (the zero-initialised branches stand for affine and none there)
 FULL=(0 1 2)
+# the published budget (He et al. 2016: 64k iterations at batch 128 on 45k images; 71,000 steps of 128 = 182 epochs of
+# 50,000): the settings and seeds of the long rung, at the rates chosen at 10 epochs; 7-16 h a run on one core, resumed
+# across sessions from its checkpoint (fp32, so any CPU resumes it)
+LONG=(0)
+LONG_SEEDS="0"
 # A check beside the mid rung, not a rung: setting | its runner-up rate in select, trained like mid (3 seeds, all
 # 50,000 images) into results/resnet_full/mid_rate_check. At its chosen 0.2, none + SkipInit's seed 2 sat at
 # chance for 1,400 steps in mid; 0.1 was 0.004 behind 0.2 on validation. Does the rate or the setting fail?
@@ -83,20 +89,21 @@ finished() {  # exit 0 when the results folder $1 holds a finished run (a rung s
   [ -d "$1" ] && "$BIN/python" -c "import sys; from bnstudy.analysis.load import load_runs; from bnstudy.runs import DONE; r = load_runs(sys.argv[1]); sys.exit(0 if len(r) and r['status'].isin(DONE).any() else 1)" "$1"
 }
 
-rung_cmds() {  # $1: mid | full
-  local idx=("${!SETTINGS[@]}") extra=""
+rung_cmds() {  # $1: mid | full | long
+  local idx=("${!SETTINGS[@]}") extra="" seeds="0 1 2"
   if [ "$1" = full ]; then idx=("${FULL[@]}"); extra="train.steps=11700 train.eval_every=1170"; fi
+  if [ "$1" = long ]; then idx=("${LONG[@]}"); extra="train.steps=71000 train.eval_every=3550"; seeds=$LONG_SEEDS; fi
   for i in "${idx[@]}"; do
     local s=${SETTINGS[$i]%%|*} lr
     lr=$(chosen_rate "$s") || exit 1
     if [ "$lr" = diverged ]; then echo "resnet_full: '$s' diverged at every rate of select; not trained in $1" >&2; continue; fi
-    for seed in 0 1 2; do echo "$s optim.lr=$lr data.val_size=0 seed=$seed $RUNG $extra out_dir=results/resnet_full/$1"; done
+    for seed in $seeds; do echo "$s optim.lr=$lr data.val_size=0 seed=$seed $RUNG $extra out_dir=results/resnet_full/$1"; done
   done
 }
 
 case "$STAGE" in
   select) select_cmds | run_queue ;;
-  mid | full) cmds=$(rung_cmds "$STAGE") && printf '%s\n' "$cmds" | run_queue ;;
+  mid | full | long) cmds=$(rung_cmds "$STAGE") && printf '%s\n' "$cmds" | run_queue ;;
   rate_check)
     for c in "${RATE_CHECK[@]}"; do
       for seed in 0 1 2; do echo "${c%%|*} optim.lr=${c#*|} data.val_size=0 seed=$seed $RUNG out_dir=results/resnet_full/mid_rate_check"; done
@@ -107,6 +114,7 @@ case "$STAGE" in
     finished "results/resnet_full/mid" && rungs+=("full width, 10 epochs=results/resnet_full/mid")
     finished "results/resnet_full/gpu" && rungs+=("full width, 30 epochs (GPU, bf16)=results/resnet_full/gpu")
     finished "results/resnet_full/full" && rungs+=("full width, 30 epochs (CPU, fp32)=results/resnet_full/full")
+    finished "results/resnet_full/long" && rungs+=("full width, 182 epochs (CPU, fp32)=results/resnet_full/long")
     "$BIN/python" -m bnstudy.analysis.ladder "${rungs[@]}" ;;
-  *) echo "usage: bash scripts/resnet_full.sh select|mid|rate_check|full|all|ladder (JOBS=$JOBS runs at a time)" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/resnet_full.sh select|mid|rate_check|full|long|all|ladder (JOBS=$JOBS runs at a time)" >&2; exit 2 ;;
 esac

@@ -48,7 +48,7 @@ FACTORS = [
 ]
 # Factors added after studies were committed, with the value the code used before them:
 # a summary without the key was produced with that value, so old and new runs group together.
-FACTOR_DEFAULTS: dict[str, Any] = {"init": "default", "pool": "max"}
+FACTOR_DEFAULTS: dict[str, Any] = {"init": "default", "pool": "max", "norm_decay": True, "norm_lr_scale": 1.0}
 RESULT_COLUMNS = [
     "status",
     "step",
@@ -98,6 +98,7 @@ def _run_row(root: Path, run_dir: Path, s: dict[str, Any]) -> dict[str, Any]:
     factors = s.get("factors") or {}
     row.update({k: factors.get(k, FACTOR_DEFAULTS.get(k)) for k in FACTORS})
     row.update({k: v for k, v in factors.items() if k not in FACTORS})
+    row.update({k: factors.get(k, v) for k, v in FACTOR_DEFAULTS.items() if k not in FACTORS})  # extra factors added later
     row.update(
         status=s.get("status", "unknown"),
         step=int(s["step"]) if isinstance(s.get("step"), (int, float)) else None,

@@ -13,6 +13,10 @@ fan_out = out·k², and every element is drawn independently:
   compromise between forward and backward variance, meant for sigmoid/tanh.
 - ``he``: W ~ N(0, 2/fan_in) (He et al. 2015): the factor 2 makes up for
   ReLU zeroing half of its inputs, so the signal keeps its scale with depth.
+- ``fixup`` (``model=resnet`` only; Zhang, Dauphin & Ma 2019): He init, then
+  each residual branch's first conv scaled by L^(−1/(2m−2)) for L branches of
+  m = 2 convs, its last conv and the classifier at 0, with scalar biases and
+  multipliers in the net (:class:`bnstudy.models.FixupResNet`).
 - ``orthogonal``: W reshaped to (out, fan_in) is a random (semi-)orthogonal
   matrix times the activation's gain g (1 for sigmoid, √2 for ReLU, 5/3 for
   tanh; Saxe et al. 2014), so Var(W) = g²/max(out, fan_in).
@@ -30,7 +34,7 @@ from torch import nn
 
 from bnstudy.errors import ConfigError
 
-INITS = ("default", "lecun", "xavier", "he", "orthogonal")
+INITS = ("default", "lecun", "xavier", "he", "orthogonal", "fixup")
 _GAINS = {"sigmoid": 1.0, "relu": math.sqrt(2.0), "tanh": 5.0 / 3.0}
 
 
@@ -65,6 +69,11 @@ def init_weights(model: nn.Module, name: str, activation: str = "relu") -> None:
     """Re-initialise the weights of every Linear/Conv2d of ``model`` by ``name``; biases to 0."""
     check(name)
     if name == "default":
+        return
+    if name == "fixup":
+        if not hasattr(model, "fixup_init"):
+            raise ConfigError("model.init=fixup is defined for model=resnet only; pick another model.init")
+        model.fixup_init()
         return
     for m in model.modules():
         if not isinstance(m, (nn.Linear, nn.Conv2d)):

@@ -14,7 +14,7 @@ from bnstudy import threads
 from bnstudy.checks import check_values
 from bnstudy.config import RunConfig
 from bnstudy.errors import ConfigError
-from bnstudy.models import MODELS, POOLS, activation, build_model, count_params
+from bnstudy.models import MODELS, POOLS, activation, build_model, check_resnet_options, count_params
 from bnstudy.models.init import check as check_init
 from bnstudy.norm import variant
 from bnstudy.train import precision
@@ -43,6 +43,8 @@ def validate(cfg: RunConfig) -> None:
         (cfg.model.width >= 1, f"model.width must be >= 1 (got {cfg.model.width})"),
         (o.momentum >= 0, f"optim.momentum must be >= 0 (got {o.momentum})"),
         (o.weight_decay >= 0, f"optim.weight_decay must be >= 0 (got {o.weight_decay})"),
+        (o.norm_lr_scale > 0 and math.isfinite(o.norm_lr_scale), f"optim.norm_lr_scale must be a finite number > 0 (got {o.norm_lr_scale})"),
+        (o.norm_decay or o.weight_decay > 0, "optim.norm_decay=false changes nothing with optim.weight_decay=0; drop it or set a weight decay"),
         (o.name in OPTIMIZERS, f"unknown optim '{o.name}'; choose one of: {', '.join(OPTIMIZERS)}"),
         (cfg.sched.name in ("constant", "step", "cosine"), f"unknown sched '{cfg.sched.name}'; choose constant, step or cosine"),
         (cfg.probe.every >= 0, f"probe.every must be >= 0 (got {cfg.probe.every})"),
@@ -53,6 +55,7 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(msg)
     activation(cfg.model.activation)
     check_init(cfg.model.init)
+    check_resnet_options(cfg)
     if cfg.model.pool not in POOLS:
         raise ConfigError(f"unknown model.pool '{cfg.model.pool}'; choose one of: {', '.join(POOLS)}")
     variant(cfg.norm.name)
@@ -91,6 +94,35 @@ def _adamw(params, o) -> torch.optim.Optimizer:
 
 
 OPTIMIZERS: dict[str, Callable] = {"sgd": _sgd, "adam": _adam, "adamw": _adamw}
+
+
+def is_weight(module: nn.Module, name: str) -> bool:
+    """Whether ``module``'s parameter ``name`` is a conv or linear weight (every other parameter is a norm layer's,
+    a bias or a gain, whatever its shape: ``affine`` keeps γ and β as (1, C, 1, 1))."""
+    return name == "weight" and isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+
+
+def split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(conv and linear weights, every other parameter), each in ``model.parameters()`` order, selected by role."""
+    weights, others = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            (weights if is_weight(module, name) else others).append(p)
+    return weights, others
+
+
+def param_groups(model: nn.Module, o) -> list[dict[str, Any]] | Any:
+    """What the optimizer steps: all parameters alike under ``optim.norm_decay=true, optim.norm_lr_scale=1``
+    (the committed runs' treatment), else two groups: conv and linear weights at ``lr`` with weight decay, and
+    the rest (γ, β, biases, gains) at ``lr * norm_lr_scale``, decayed only with ``norm_decay``. A schedule
+    scales both groups' rates alike (LambdaLR multiplies each group's own initial rate)."""
+    if o.norm_decay and o.norm_lr_scale == 1.0:
+        return model.parameters()
+    weights, others = split_params(model)
+    return [
+        {"params": weights},
+        {"params": others, "lr": o.lr * o.norm_lr_scale, "weight_decay": o.weight_decay if o.norm_decay else 0.0},
+    ]
 
 
 def lr_factor(cfg: RunConfig) -> Callable[[int], float]:
@@ -180,7 +212,7 @@ def build(cfg: RunConfig) -> Built:
     if precision.channels_last(cfg):
         model = model.to(memory_format=torch.channels_last)
     params = count_params(model)
-    optimizer = OPTIMIZERS[cfg.optim.name](model.parameters(), cfg.optim)
+    optimizer = OPTIMIZERS[cfg.optim.name](param_groups(model, cfg.optim), cfg.optim)
     scheduler = None if cfg.sched.name == "constant" and cfg.sched.warmup == 0 else torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
     batches = Batches(data.train_x.shape[0], cfg.train.batch_size, cfg.seed, device)
     return Built(device, data, model, params, optimizer, scheduler, batches)
