@@ -15,6 +15,41 @@ from . import forked
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Variants from plugins join every test that derives from the registry: BNSTUDY_TEST_PLUGINS=path/to/module.py[,...]
+# (a module file beside its conf/ folder, laid out as docs/plugins.md says). Loaded here, before collection, so
+# the tests parametrized over NORMS cover them; compose() finds their YAML. tests/test_plugins.py runs the
+# variant-wide tests (marker ``variants``) so over a throwaway variant; `make test` with the variable set runs all.
+TEST_PLUGINS = [str(Path(p).resolve()) for p in os.environ.get("BNSTUDY_TEST_PLUGINS", "").split(",") if p.strip()]
+PLUGIN_CONFS = [Path(p).parent / "conf" for p in TEST_PLUGINS if (Path(p).parent / "conf").is_dir()]
+if TEST_PLUGINS:
+    from bnstudy.plugins import load as _load_plugins
+
+    _load_plugins(TEST_PLUGINS)
+
+
+def plugin_variants() -> set[str]:
+    """The variants the test plugins registered (none without BNSTUDY_TEST_PLUGINS)."""
+    from bnstudy.norm import NORMS
+
+    return {n for n, v in NORMS.items() if not getattr(v.build, "__module__", "").startswith(("bnstudy.", "tests."))}
+
+
+def pytest_collection_modifyitems(config, items):
+    """BNSTUDY_TEST_PLUGINS_ONLY=1: of the tests parametrized by variant, only the plugins' variants' cases."""
+    if os.environ.get("BNSTUDY_TEST_PLUGINS_ONLY") != "1":
+        return
+    from bnstudy.norm import NORMS
+
+    mine = plugin_variants()
+    keep, drop = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        named = [v for k, v in params.items() if k in ("norm", "name", "option") and isinstance(v, str) and v in NORMS]
+        (drop if named and not set(named) & mine else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
 
 @pytest.fixture
 def tmp_data(tmp_path, monkeypatch) -> Path:
@@ -31,6 +66,9 @@ def compose(overrides: list[str]):
 
     import bnstudy.cli  # noqa: F401  (registers the run-name resolver)
 
+    if TEST_PLUGINS:  # as a user runs a plugin's variant: the module named, its YAML on the search path
+        overrides = [f"plugins=[{','.join(TEST_PLUGINS)}]", *overrides]
+        overrides += [f"hydra.searchpath=[{','.join('file://' + str(c) for c in PLUGIN_CONFS)}]"] if PLUGIN_CONFS else []
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=overrides)
 

@@ -8,10 +8,10 @@ from bnstudy.cli import run_job
 from bnstudy.runs import read_summary
 from bnstudy.train import precision
 
-from .conftest import ROOT, compose
+from .conftest import PLUGIN_CONFS, ROOT, compose
 
 GROUPS = ["data", "model", "norm", "optim", "sched"]
-OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((ROOT / "conf" / g).glob("*.yaml"))]
+OPTIONS = [(g, p.stem) for g in GROUPS for d in (ROOT / "conf", *PLUGIN_CONFS) for p in sorted((d / g).glob("*.yaml"))]
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "experiments").glob("*.yaml"))
 SHRINK = ["train.steps=4", "train.eval_every=2", "train.log_every=2", "train.eval_batch_size=64", "train.progress=off"]
 
@@ -20,7 +20,10 @@ def run_dirs(out: Path) -> list[Path]:
     return [p.parent for p in out.glob("**/summary.json")]
 
 
-@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+@pytest.mark.parametrize(
+    "group,option",
+    [pytest.param(g, o, id=f"{g}={o}", marks=[pytest.mark.variants] if g == "norm" else []) for g, o in OPTIONS],
+)
 def test_group_option_runs(group, option, tmp_path, tmp_data):
     overrides = [f"{group}={option}", f"out_dir={tmp_path}", *SHRINK]
     if group != "data":

@@ -149,11 +149,11 @@ def test_precise_bn_is_the_mean_of_batch_statistics(norm):
         assert torch.allclose(layer.running_var, vars_.mean(0), atol=1e-5)
 
 
+@pytest.mark.variants
 def test_precise_bn_names_only_variants_with_running_statistics():
     from bnstudy.norm import NORMS
 
-    with_stats = {n for n, v in NORMS.items() if v.running_stats}
-    assert with_stats == {"bn", "bn_noaffine", "bn_center", "bn_scale", "bn_nograd", "bn_frozen", "noisy_bn"}
+    with_stats = {n for n, v in NORMS.items() if v.running_stats}  # which ones, test_norm_registry.py pins
     for norm in NORMS:
         base = RunConfig.from_dict({"norm": {"name": norm}}).to_dict()
         precise = RunConfig.from_dict({"norm": {"name": norm}, "train": {"precise_bn": 20}}).to_dict()

@@ -28,6 +28,7 @@ def model_cfg(name: str) -> ModelConfig:
     return ModelConfig(**yaml.safe_load((ROOT / "conf" / "model" / f"{name}.yaml").read_text()))
 
 
+@pytest.mark.variants
 @pytest.mark.parametrize("norm", sorted(NORMS))
 @pytest.mark.parametrize("model", ["mlp", "cnn", "vgg", "resnet"])
 @pytest.mark.parametrize("shape", [GREY, RGB], ids=["grey28", "rgb32"])

@@ -60,6 +60,7 @@ def test_none_is_identity_without_parameters(dim):
     assert not list(layer.parameters()) and not list(layer.buffers())
 
 
+@pytest.mark.variants
 def test_bias_rule_and_tags():
     assert not needs_bias(NormConfig(name="bn")) and not needs_bias(NormConfig(name="affine"))
     assert needs_bias(NormConfig(name="none"))

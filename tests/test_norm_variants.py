@@ -1,6 +1,7 @@
 """Each normalization variant checked numerically against its definition (CPU, small tensors)."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,10 @@ from torch import nn
 from bnstudy.config import NormConfig
 from bnstudy.norm import NORMS, make_norm, needs_bias
 
+from .conftest import PLUGIN_CONFS
+
 CONF_NORM = Path(__file__).resolve().parents[1] / "conf" / "norm"
-NEW = ["bn_noaffine", "bn_center", "bn_scale", "affine_ddi", "bn_nograd", "bn_frozen", "noisy_bn", "layernorm", "groupnorm"]
+VARIANTS = sorted(NORMS)  # every registered variant, a plugin's included: the contract below holds for each
 C = 6
 
 
@@ -53,18 +56,22 @@ def randomize_affine(m: nn.Module) -> None:
 # --- registry and configs ---------------------------------------------------
 
 
+@pytest.mark.variants
 def test_every_conf_is_registered_and_vice_versa():
     names = {}
-    for path in sorted(CONF_NORM.glob("*.yaml")):
+    for path in sorted(p for d in (CONF_NORM, *(c / "norm" for c in PLUGIN_CONFS)) for p in d.glob("*.yaml")):
         d = OmegaConf.to_container(OmegaConf.load(path))
-        assert d["name"] == path.stem, path
+        assert d["name"] == path.stem, f"{path}: name: must be the file's name"
         NormConfig(**d)  # every key is a NormConfig field
         names[d["name"]] = path
-    assert set(names) == set(NORMS)
+    missing = sorted(set(NORMS) - set(names))
+    assert not missing, f"registered without a conf/norm/<name>.yaml (norm=<name> cannot pick them): {missing}"
+    assert set(names) <= set(NORMS), f"a YAML names no registered variant: {sorted(set(names) - set(NORMS))}"
 
 
+@pytest.mark.variants
 @pytest.mark.parametrize("dim", [1, 2])
-@pytest.mark.parametrize("name", NEW)
+@pytest.mark.parametrize("name", VARIANTS)
 def test_variant_builds_runs_and_carries_kind(name, dim):
     m = build(name, dim).double()
     assert m.norm_kind == name
@@ -77,10 +84,85 @@ def test_variant_builds_runs_and_carries_kind(name, dim):
     assert m(sample(dim, seed=1)).shape == x.shape
 
 
-def test_shift_flags():
-    assert needs_bias(NormConfig(name="bn_noaffine"))
-    for name in set(NEW) - {"bn_noaffine"}:
-        assert not needs_bias(NormConfig(name=name)), name
+# --- the contract: what a variant declares (bnstudy.norm.registry) is what it does --------------------------------
+# Probes, precise BN and the models' bias rule act on the declarations alone, so each one is checked against the
+# module's behaviour here, for every registered variant. A new variant that fails one of these declares wrongly.
+
+
+def warm(name: str, dim: int, **kw) -> nn.Module:
+    """The variant after one training forward (affine_ddi initialises from its first batch), in float64, ε tiny."""
+    m = build(name, dim, eps=1e-12, groups=2, **kw).double().train()  # groupnorm: 3 channels a group, not 1
+    torch.manual_seed(0)
+    m(sample(dim, seed=5))
+    return m
+
+
+def out(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A training-mode output with a fixed RNG (noisy_bn draws its noise from it), the module left as it was."""
+    m = copy.deepcopy(m)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        return m(x)
+
+
+def per(axis: str, dim: int, values: torch.Tensor) -> torch.Tensor:
+    """``values`` laid out per feature/channel (``"batch"`` statistics see a constant) or per example (``"example"``)."""
+    spatial = (1, 1) if dim == 2 else ()
+    return values.view((1, C, *spatial) if axis == "batch" else (-1, 1, *spatial))
+
+
+@pytest.mark.variants
+@pytest.mark.parametrize("dim", [1, 2])
+@pytest.mark.parametrize("name", VARIANTS)
+def test_centers_and_scales_are_what_the_output_ignores(name, dim):
+    """``centers=A``: adding a constant per A-group to the input leaves the output unchanged; ``scales=A``: so does
+    multiplying by one (A: "batch", a constant per feature; "example", one per example); an undeclared axis is not."""
+    what, m = NORMS[name], warm(name, dim)
+    x = sample(dim)
+    base = out(m, x)
+    g = torch.Generator().manual_seed(3)
+    for axis in ("batch", "example"):
+        shift = per(axis, dim, torch.randn(x.shape[0] if axis == "example" else C, generator=g, dtype=torch.float64) * 3)
+        scale = per(axis, dim, torch.rand(x.shape[0] if axis == "example" else C, generator=g, dtype=torch.float64) * 3 + 0.5)
+        shifted = torch.allclose(out(m, x + shift), base, atol=1e-6)
+        scaled = torch.allclose(out(m, x * scale), base, atol=1e-6)
+        assert shifted == (what.centers == axis), f"{name} declares centers={what.centers!r}; a shift per {axis} group {'leaves' if shifted else 'changes'} its output"
+        if what.centers in (None, axis):  # centring over another axis can hide a scale's effect on the mean
+            assert scaled == (what.scales == axis), f"{name} declares scales={what.scales!r}; a scale per {axis} group {'leaves' if scaled else 'changes'} its output"
+
+
+@pytest.mark.variants
+@pytest.mark.parametrize("dim", [1, 2])
+@pytest.mark.parametrize("name", VARIANTS)
+def test_shift_is_declared_exactly_when_a_parameter_shifts_the_output(name, dim):
+    """``shift=True``: one of its parameters adds a learnable constant per feature to the output, as a bias of the
+    feeding layer would (so that layer goes without one: ``needs_bias``)."""
+    m, x = warm(name, dim), sample(dim)
+    base = out(m, x)
+    shifts = False
+    for pname, _ in m.named_parameters():
+        moved = copy.deepcopy(m)
+        with torch.no_grad():
+            dict(moved.named_parameters())[pname].add_(0.5)
+        diff = out(moved, x) - base  # (B, C) or (B, C, H, W): the same for every example and position, and not zero
+        same = diff.flatten(2).transpose(1, 2).reshape(-1, C) if dim == 2 else diff
+        shifts |= bool(torch.allclose(same, same[:1].expand_as(same), atol=1e-9) and same.abs().min() > 1e-6)
+    assert shifts == NORMS[name].shift, f"{name} declares shift={NORMS[name].shift}, but a parameter {'does' if shifts else 'does not'} shift its output"
+    assert needs_bias(NormConfig(name=name)) == (not shifts)
+
+
+@pytest.mark.variants
+@pytest.mark.parametrize("dim", [1, 2])
+@pytest.mark.parametrize("name", VARIANTS)
+def test_running_statistics_are_declared_exactly_when_training_updates_them(name, dim):
+    """``running_stats=True``: a training forward updates ``running_mean`` and/or ``running_var``, which precise BN
+    recomputes; a variant that updates them without declaring it would be evaluated with statistics precise BN skips."""
+    m = build(name, dim).double().train()
+    before = {n: b.clone() for n, b in m.named_buffers() if n.split(".")[-1] in ("running_mean", "running_var")}
+    torch.manual_seed(0)
+    m(sample(dim))
+    updated = any(not torch.equal(b, dict(m.named_buffers())[n]) for n, b in before.items())
+    assert updated == NORMS[name].running_stats, f"{name} declares running_stats={NORMS[name].running_stats}, but training {'updates' if updated else 'updates no'} running_mean/running_var"
 
 
 # --- bn_noaffine --------------------------------------------------------------

@@ -7,54 +7,42 @@ in fresh interpreters, so the plugin never enters this test process's registry.
 from __future__ import annotations
 
 import json
+import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import cli
+from .conftest import ROOT, cli
 
 FAST = ["data=synthetic", "data.train_size=256", "data.test_size=64", "train.progress=off", "train.steps=20",
         "train.eval_every=10", "train.log_every=10"]  # fmt: skip
 
-PLUGIN = '''\
-"""RMS batch norm: y = γ x / sqrt(E_B[x²] + ε) + β per feature, a running E[x²] for evaluation."""
-import torch
-from torch import nn
-
-from bnstudy.norm import register
+DOCS = ROOT / "docs" / "plugins.md"
 
 
-@register("rms_bn", shift=True, running_stats=True, scales="batch", color="#0a7e8c")
-class RMSBatchNorm(nn.Module):
-    """y = γ x / sqrt(E_B[x²] + ε) + β over each feature (B, F) or channel (B, C, H, W)."""
+def docs_blocks() -> list[tuple[str, str]]:
+    """(language, text) of each fenced block of docs/plugins.md, in order."""
+    return re.findall(r"^```(\w*)\n(.*?)^```", DOCS.read_text(encoding="utf-8"), re.S | re.M)
 
-    def __init__(self, num_features, dim, cfg):
-        super().__init__()
-        self.eps, self.momentum = cfg.eps, cfg.momentum
-        self.weight = nn.Parameter(torch.ones(num_features))
-        self.bias = nn.Parameter(torch.zeros(num_features))
-        self.register_buffer("running_var", torch.ones(num_features))
 
-    def forward(self, x):
-        axes = (0,) if x.dim() == 2 else (0, 2, 3)
-        view = (1, -1) + (1,) * (x.dim() - 2)
-        if self.training:
-            ms = x.square().mean(axes)
-            with torch.no_grad():
-                self.running_var.lerp_(ms, self.momentum)
-        else:
-            ms = self.running_var
-        return self.weight.view(view) * x / torch.sqrt(ms.view(view) + self.eps) + self.bias.view(view)
-'''
+def docs_file(path: str) -> str:
+    """The block of docs/plugins.md whose first line is ``# <path>``: a file the page tells the reader to write."""
+    (text,) = [t for _, t in docs_blocks() if t.startswith(f"# {path}\n")]
+    return text
+
+
+PLUGIN = docs_file("rms_bn.py")  # the page's example is the plugin every test here uses
 
 
 @pytest.fixture
 def plugin(tmp_path: Path) -> Path:
     """A researcher's folder: ``rms_bn.py`` and ``conf/norm/rms_bn.yaml``, nothing else."""
     (tmp_path / "conf" / "norm").mkdir(parents=True)
-    (tmp_path / "conf" / "norm" / "rms_bn.yaml").write_text("# RMS batch norm (rms_bn.py)\nname: rms_bn\n")
+    (tmp_path / "conf" / "norm" / "rms_bn.yaml").write_text(docs_file("conf/norm/rms_bn.yaml"))
     (tmp_path / "rms_bn.py").write_text(PLUGIN)
     return tmp_path
 
@@ -143,3 +131,37 @@ def test_a_variant_without_its_yaml_or_module_says_where_to_add_it(plugin: Path)
     r = cli(["norm.name=rms_bn", *FAST, "out_dir=out"], cwd=plugin)
     assert r.returncode == 2 and "plugins=[MODULE]" in r.stderr, r.stderr
     assert not list((plugin / "out").glob("*/seed*")), "no run folder left behind"
+
+
+def test_the_docs_plugin_steps_work(tmp_path: Path):
+    """docs/plugins.md step by step: its two files, its smoke sweep, report and --stale, then its contract check."""
+    for _, text in docs_blocks():
+        first = text.splitlines()[0]
+        if first.startswith("# ") and first.endswith((".py", ".yaml")):
+            (tmp_path / first[2:]).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / first[2:]).write_text(text)
+    assert (tmp_path / "rms_bn.py").exists() and (tmp_path / "conf" / "norm" / "rms_bn.yaml").exists()
+    (smoke,) = [t for lang, t in docs_blocks() if lang == "sh" and "out_dir=runs/smoke" in t]
+    for line in smoke.splitlines():
+        prog, *args = shlex.split(line)
+        if prog == "bnstudy-train":
+            r = cli(args, cwd=tmp_path, env={"BNSTUDY_DATA_DIR": str(tmp_path / "data")})
+        else:
+            r = command(tmp_path, {"bnstudy-report": "report", "bnstudy-runs": "runs"}[prog], *args)
+        assert r.returncode == 0, f"{line}\n{r.stdout[-1000:]}{r.stderr[-2000:]}"
+    assert "rms_bn" in (tmp_path / "runs" / "smoke" / "report.md").read_text()
+    assert "0 stale, 4 current" in r.stderr
+
+    # step 3, the contract: the variant-wide tests over the variant, in a pytest of their own
+    (check,) = [t for lang, t in docs_blocks() if lang == "sh" and "BNSTUDY_TEST_PLUGINS=" in t]
+    assert "-m variants" in check and "BNSTUDY_TEST_PLUGINS_ONLY=1" in check
+    env = {**os.environ, "BNSTUDY_TEST_PLUGINS": str(tmp_path / "rms_bn.py"), "BNSTUDY_TEST_PLUGINS_ONLY": "1"}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-m", "variants", "-p", "no:cacheprovider", "-p", "no:xdist", "-rA",
+         str(ROOT / "tests")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-4000:]
+    ran = [line for line in r.stdout.splitlines() if line.startswith("PASSED")]
+    assert sum("rms_bn" in line for line in ran) >= 20, "the variant-wide cases of the plugin's variant ran"
+    assert not any(f"[{n}" in line or f"-{n}]" in line for line in ran for n in ("bn_frozen", "layernorm")), "only its cases"
