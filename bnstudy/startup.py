@@ -2,9 +2,11 @@
 
 Only the standard library is imported here. A SIGINT during the imports is held
 until they finish (a KeyboardInterrupt raised inside torch's C++ start-up can
-abort the interpreter), then reported as one line with exit code 130. torch
-itself is loaded later, by the first job that trains (:mod:`bnstudy.cli.job`),
-under the same hold.
+abort the interpreter), then reported as one line with exit code 130. The hold
+begins at the first line of ``bnstudy/__init__.py``, when that line runs in
+``bnstudy-train`` (or ``python -m bnstudy.train``); what comes before it is
+Python's own start-up (docs/faults.md measures it). torch itself is loaded
+later, by the first job that trains (:mod:`bnstudy.cli.job`), under the same hold.
 """
 from __future__ import annotations
 
@@ -22,10 +24,16 @@ from bnstudy.errors import INTERRUPTED_AT_START
 def sigint_held() -> Iterator[None]:
     """Hold a Ctrl-C while heavy modules load; raise it as KeyboardInterrupt once they have.
 
-    Only where Python's own handler is installed, in the main thread (elsewhere it is a no-op).
+    Only where Python's own handler is installed, in the main thread (elsewhere it is a no-op), or where
+    ``bnstudy/__init__.py`` has held SIGINT since the process started (``bnstudy-train``): a press it noted counts too.
     """
+    import bnstudy
+
     pressed: list[int] = []
-    hold = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    current = signal.getsignal(signal.SIGINT)
+    hold = threading.current_thread() is threading.main_thread() and current in (signal.default_int_handler, bnstudy._hold_ctrl_c)
+    if current is bnstudy._hold_ctrl_c:  # held since bnstudy's first line (bnstudy/__init__.py): a press then counts too
+        pressed = bnstudy.ctrl_c_pressed
     if hold:
         signal.signal(signal.SIGINT, lambda signum, _frame: pressed.append(signum))
     try:
