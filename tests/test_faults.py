@@ -79,6 +79,11 @@ BAD_INPUT = [
     ("an empty training set blames its own key", ["data.train_size=0"], r"^error: data\.train_size must be >= 1"),
     ("an unknown progress mode", ["train.progress=maybe"], r"^error: train\.progress must be one of auto, on, off \(got 'maybe'\)"),
     ("a negative thread count", ["train.threads=-1"], r"^error: train\.threads must be 0 \(bnstudy picks the count\) or a positive count \(got -1\)"),
+    ("a non-ASCII letter unquoted", ["study=naïve"], r"""^error: study=naïve: Hydra reads a value with a space or a non-ASCII letter only in quotes; quote it inside the shell's quotes: 'study="naïve"'$"""),
+    ("a space unquoted", ["study=a b(c)"], r"""^error: study=a b\(c\): Hydra reads a value with a space .*'study="a b\(c\)"'$"""),
+    ("an interpolation in the study's name", ["study=${oc.env:HOME}"], r"^error: study=\$\{oc\.env:HOME\} is an interpolation: a key that names or labels a run takes its value as typed"),
+    ("an interpolation in the seed", ["seed=${oc.env:BNSTUDY_SEED,1}"], r"^error: seed=\$\{oc\.env:BNSTUDY_SEED,1\} is an interpolation"),
+    ("an interpolation in a list", ["optim=adam", "optim.betas=[${oc.env:B,0.9},0.99]"], r"^error: optim\.betas\[0\]=\$\{oc\.env:B,0\.9\} is an interpolation"),
 ]
 
 
@@ -89,6 +94,17 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, overrides, expect
     assert r.returncode == 2, r.stderr
     assert re.search(expected, first_line(r.stderr)), r.stderr
     assert tree(results) == before, "the results folder changed"
+
+
+@pytest.mark.parametrize("out", ["non-ASCII é", "spaced out"])
+def test_an_out_dir_in_hydras_quotes_is_used_as_typed(out, tmp_path, tmp_data):
+    r = cli([*FAST, f'out_dir="{tmp_path / out}"'], cwd=tmp_path)
+    assert r.returncode == 0 and len(list((tmp_path / out).glob("*/seed0/summary.json"))) == 1, r.stderr
+
+
+def test_an_interpolated_out_dir_is_resolved(tmp_path, tmp_data):
+    r = cli([*FAST, "out_dir=${oc.env:BNSTUDY_TEST_OUT}/runs"], cwd=tmp_path, env={"BNSTUDY_TEST_OUT": str(tmp_path / "scratch")})
+    assert r.returncode == 0 and len(list((tmp_path / "scratch" / "runs").glob("*/seed0/summary.json"))) == 1, r.stderr
 
 
 def test_an_out_dir_that_is_a_file_is_one_line(tmp_path):

@@ -63,6 +63,15 @@ def _composition_error(message: str) -> str | None:
     return None
 
 
+def _unquoted(override: str) -> str | None:
+    """A value that Hydra's grammar reads only in quotes (a space, a non-ASCII letter such as é): the line saying how."""
+    key, eq, value = override.partition("=")
+    if not eq or not any(c.isspace() or not c.isascii() for c in value) or value[:1] in ("'", '"'):
+        return None
+    return (f"{override}: Hydra reads a value with a space or a non-ASCII letter only in quotes; quote it inside the "
+            f"shell's quotes: '{key}=\"{value}\"'")
+
+
 def command_line_error(e: BaseException) -> str | None:
     """One line for a bad command line (an unknown option or key, a value of the wrong type), else None."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
@@ -82,5 +91,5 @@ def command_line_error(e: BaseException) -> str | None:
         if isinstance(x, ValidationError) and getattr(x, "full_key", None):
             return _wrong_type(x.full_key, str(x))
         if isinstance(x, OverrideParseException):
-            return ": ".join(str(x).splitlines()[:2])
+            return _unquoted(x.override) or ": ".join(str(x).splitlines()[:2])
     return None
