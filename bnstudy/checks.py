@@ -35,8 +35,41 @@ def check_values(cfg: RunConfig) -> None:
                                   ("num_classes", d.num_classes, 2), ("channels", d.channels, 1), ("size", d.size, 1)):
             if value < least:
                 raise ConfigError(f"data.{key} must be >= {least} for data=synthetic (got {value})")
+    else:
+        _check_real_data(cfg)
+    _check_inert(cfg)
     if t.batch_size == 1:
         _check_single_example_batches(cfg)
+
+
+# The synthetic set's shape and sizes, fixed by every other dataset: a value other than the default would name a
+# run that trains exactly as the default does, so it is refused (data.train_size acts on every dataset: a subset).
+SYNTHETIC_ONLY = ("channels", "size", "test_size", "num_classes")
+
+
+def _check_real_data(cfg: RunConfig) -> None:
+    from bnstudy.config import DataConfig
+    from bnstudy.data import SPECS, WHOLE
+
+    d, default = cfg.data, DataConfig()
+    for key in SYNTHETIC_ONLY:
+        if getattr(d, key) != getattr(default, key):
+            raise ConfigError(f"data.{key} acts only on data=synthetic; {d.name} fixes its own; drop data.{key}={getattr(d, key)}")
+    full = SPECS[d.name].train_size - d.val_size if d.name in SPECS else None
+    if d.train_size != WHOLE and full is not None and not 1 <= d.train_size <= full:
+        raise ConfigError(
+            f"data.train_size={d.train_size} must be from 1 to the {full} training examples {d.name} has"
+            f"{' after data.val_size' if d.val_size else ''} (a seeded subset of them; {WHOLE}, the default: all of them)"
+        )
+
+
+def _check_inert(cfg: RunConfig) -> None:
+    """Keys that are part of a run's name but cannot act on its model: refused rather than naming a duplicate run."""
+    m = cfg.model
+    if m.pool != "max" and m.name not in ("cnn", "vgg"):
+        raise ConfigError(f"model.pool acts only on model=cnn and model=vgg; drop model.pool={m.pool} for model={m.name}")
+    if m.zero_init_residual and m.name != "resnet":
+        raise ConfigError(f"model.zero_init_residual acts only on model=resnet; drop it for model={m.name}")
 
 
 def _check_single_example_batches(cfg: RunConfig) -> None:

@@ -26,7 +26,8 @@ class DataConfig:
     augment: bool = False  # 4-px pad random crop + horizontal flip (for 32x32 RGB)
     normalize: bool = True  # per-channel standardisation of the inputs
     download: bool = True  # allow torchvision's download when nothing local exists
-    # only for `synthetic`
+    # only for `synthetic` (refused elsewhere), but train_size: on any other dataset a seeded subset of this
+    # many training examples (after val_size), except 2048, the default, which keeps the whole split (bnstudy.data.WHOLE)
     channels: int = 1
     size: int = 28
     train_size: int = 2048

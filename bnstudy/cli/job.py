@@ -13,7 +13,8 @@ from bnstudy.cli.signals import CTRL_C, ctrl_c_stops, requeue, stop_on_job_signa
 from bnstudy.cli.skip import remove_if_empty, run_log_files, skip
 from bnstudy.cli.sweep import SWEEP_ENV, launcher_share
 from bnstudy.checks import check_values
-from bnstudy.config import RunConfig, run_name
+from bnstudy.config import DataConfig, RunConfig, run_name
+from bnstudy.errors import ConfigError
 from bnstudy.runs import RunLock, atomic_write_text, read_summary
 from bnstudy.startup import sigint_held
 from bnstudy.train.stops import Interrupted, StopRequest
@@ -41,10 +42,25 @@ def _drop_earlier_error(run_dir: Path) -> None:
         (run_dir / "error.txt").unlink(missing_ok=True)
 
 
+def _refuse_whole_split_by_hand(rcfg: RunConfig) -> None:
+    """``data.train_size=2048`` typed for a dataset other than synthetic: that value keeps the whole split (runs recorded
+    before the key made a subset there hold it), so asking for it by hand is refused rather than silently ignored."""
+    whole = DataConfig().train_size  # bnstudy.data.WHOLE, without loading torch before a skip
+
+    if not HydraConfig.initialized() or rcfg.data.name == "synthetic" or rcfg.data.train_size != whole:
+        return
+    if any(o.lstrip("+~").split("=", 1)[0] == "data.train_size" for o in HydraConfig.get().overrides.task):
+        raise ConfigError(
+            f"data.train_size={whole} keeps all of {rcfg.data.name}'s training split (the value of every run recorded before "
+            f"it made a subset); for a subset of about that size use {whole - 1} or {whole + 1}, for the whole split drop the key"
+        )
+
+
 def run_job(cfg: DictConfig) -> str:
     """One training job: skip if done, else train (resuming if interrupted). Returns the final status."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     rcfg = RunConfig.from_dict(plain)  # type: ignore[arg-type]
+    _refuse_whole_split_by_hand(rcfg)
     check_values(rcfg)  # bad input is an error even where the run it names is finished and would be skipped
     run_dir = Path(rcfg.out_dir) / run_name(plain)  # type: ignore[arg-type]
     done = skip(run_dir, rcfg)

@@ -57,15 +57,24 @@ SPECS: dict[str, Spec] = {
 }
 
 
+# data.train_size on a dataset other than synthetic: a seeded subset of that many training examples, except this
+# value (the default), which keeps the whole split: every run recorded before the key acted there holds it.
+WHOLE = 2048
+SUBSET_SEED = 1  # the subset is the same for every run (seed, variant) of a study, as the validation split is
+
+
 def spec(cfg: DataConfig) -> Spec:
-    """Shape and sizes of ``cfg.name`` (synthetic: from its config)."""
+    """Shape and sizes of ``cfg.name`` (synthetic: from its config; a subset: the examples it keeps, plus data.val_size)."""
     if cfg.name == "synthetic":
         return Spec((cfg.channels, cfg.size, cfg.size), cfg.train_size, cfg.test_size, cfg.num_classes)
     try:
-        return SPECS[cfg.name]
+        s = SPECS[cfg.name]
     except KeyError:
         names = ", ".join([*SPECS, "synthetic"])
         raise DataError(f"unknown dataset '{cfg.name}'; choose one of: {names}") from None
+    if cfg.train_size != WHOLE and 0 < cfg.train_size < s.train_size - cfg.val_size:
+        return Spec(s.shape, cfg.train_size + cfg.val_size, s.test_size, s.num_classes)
+    return s
 
 
 @dataclass
@@ -313,6 +322,10 @@ def _assemble(cfg: DataConfig, device: torch.device) -> Data:
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
         val_idx, tr_idx = perm[: cfg.val_size], perm[cfg.val_size :]
         val_x, val_y, tx, ty = tx[val_idx], ty[val_idx], tx[tr_idx], ty[tr_idx]
+    if cfg.name != "synthetic" and cfg.train_size != WHOLE and cfg.train_size < tx.shape[0]:
+        # data.train_size: a fixed subset of the training examples left after validation (sorted: their order stays)
+        keep = torch.randperm(tx.shape[0], generator=torch.Generator().manual_seed(SUBSET_SEED))[: cfg.train_size].sort().values
+        tx, ty = tx[keep], ty[keep]
     tx_f = tx.to(device).float().div_(255)
     mean = tx_f.mean(dim=(0, 2, 3))
     std = tx_f.std(dim=(0, 2, 3))
