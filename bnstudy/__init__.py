@@ -1,5 +1,6 @@
 """bnstudy: why does BatchNorm standardize before its learnable affine map? Measured."""
 
+import _signal  # the C module, loaded with the interpreter: importing it runs no Python code a Ctrl-C could interrupt
 import sys
 
 
@@ -20,11 +21,11 @@ def _starts_training() -> bool:
 # First, before any other import: Ctrl-C is held from here until bnstudy.startup.main takes over (in the main thread
 # only, where Python's own handler is installed; a launcher that ignores SIGINT keeps it ignored).
 ctrl_c_pressed: list[int] = []
-if _starts_training():
-    import signal
-
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _hold_ctrl_c)
+if _starts_training() and _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
+    try:
+        _signal.signal(_signal.SIGINT, _hold_ctrl_c)
+    except ValueError:  # not the main thread: signals are not ours to hold there
+        pass
 
 from bnstudy.threads import prepare_openmp  # noqa: E402
 
