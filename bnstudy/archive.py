@@ -381,9 +381,31 @@ def iter_runs(root: str | Path, skip_packs: set[Path] | frozenset = frozenset())
         yield found[rel]
 
 
+LEFT_BY_A_FAILED_PACK = "left by a --pack that failed part way"
+
+
 def lost_runs_line(root: Path) -> str:
-    """What a folder holding metrics.parquet but no runs.jsonl is."""
-    return f"{Path(root) / PACK_METRICS} is there but {PACK_RUNS} is not (deleted?); restore {PACK_RUNS} from git"
+    """What a folder holding metrics.parquet but no runs.jsonl is: a pack that lost its runs.jsonl, or (when every run
+    its table holds is a run folder beside it) what a --pack that failed part way left before packing became atomic."""
+    path = Path(root) / PACK_METRICS
+    if _runs_all_in_folders(Path(root)):
+        return (f"{path} is there but {PACK_RUNS} is not, and every run it holds is a run folder beside it: {LEFT_BY_A_FAILED_PACK}; "
+                f"delete {path} (the run folders hold everything it does)")
+    return f"{path} is there but {PACK_RUNS} is not (deleted?); restore {PACK_RUNS} from git"
+
+
+def _runs_all_in_folders(root: Path) -> bool:
+    """Whether every run named in ``root``'s metrics.parquet has its run folder (summary.json and metrics.csv) under ``root``."""
+    try:
+        import pyarrow.parquet as pq
+
+        runs = set(pq.read_table(root / PACK_METRICS, columns=["run"]).column("run").to_pylist())
+    except Exception:  # noqa: BLE001 - an unreadable table proves nothing: the usual line
+        return False
+    return bool(runs) and all(
+        isinstance(r, str) and not unsafe_path(r) and (root / r / "summary.json").is_file() and (root / r / "metrics.csv").is_file()
+        for r in runs
+    )
 
 
 def find_packed(run_dir: Path) -> RunRecord | None:

@@ -14,6 +14,7 @@ from bnstudy.archive import (
     COLUMNS,
     DROPPED,
     KEPT_FILES,
+    LEFT_BY_A_FAILED_PACK,
     PACK_METRICS,
     PACK_RUNS,
     PACKED_FILES,
@@ -374,6 +375,8 @@ def _refuse_damage(root: Path, what: str, runs_too: bool = False) -> dict[str, l
     """Raise a :class:`PackError` (one line) when the pack in ``root`` is damaged as a whole (or, with ``runs_too``,
     in any run); else return its damaged runs."""
     whole, runs = pack_damage(root)
+    if whole and LEFT_BY_A_FAILED_PACK in whole[0]:
+        raise PackError(whole[0])  # it says what to do: not restoring anything from git
     if whole or (runs_too and runs):
         first = _without_fix(whole[0]) if whole else f"{next(iter(runs))}: {'; '.join(next(iter(runs.values())))}"
         more = len(whole) + len(runs) - 1
@@ -401,6 +404,8 @@ def refuse_damaged(root: str | Path) -> None:
 
 def damaged_line(d: Path, problems: list[str]) -> str:
     """The one line that refuses to use the damaged pack in ``d``."""
+    if LEFT_BY_A_FAILED_PACK in problems[0]:
+        return problems[0]  # it says what to do: not restoring anything from git
     more = f"; and {len(problems) - 1} more" if len(problems) > 1 else ""
     return f"{d} holds a damaged pack ({_without_fix(problems[0])}{more}); restore it from git (bnstudy-runs {d} --check lists the damage)"
 

@@ -157,3 +157,26 @@ def test_unpack_on_a_full_disk_is_one_line_and_keeps_the_pack(tmp_path):
             assert files(study) == packed and sorted(p.name for p in study.iterdir()) == [PACK_METRICS, PACK_RUNS]
         assert failed and code == 0, err
         assert len(list(study.glob("*/seed*/summary.json"))) == 2 and not (study / PACK_RUNS).exists()
+
+
+def test_a_metrics_table_left_by_an_older_failed_pack_is_named_as_such(tmp_path):
+    """What a --pack that failed part way left before packing became atomic: metrics.parquet beside the very run folders
+    it holds. Every command names it and says to delete it (not to restore a runs.jsonl that never existed)."""
+    from bnstudy.archive_write import pack
+    from bnstudy.runs_cli import runs
+
+    study = study_of_two(tmp_path / "study")
+    copy = tmp_path / "copy"
+    shutil.copytree(study, copy)
+    pack(copy)
+    shutil.copy(copy / PACK_METRICS, study / PACK_METRICS)
+    for argv in ([str(study)], [str(study), "--pack"], [str(study), "--check"]):
+        code, out, err = call(runs, argv)
+        said = (out + err).strip().splitlines()
+        assert code in (1, 2) and "Traceback" not in err, (argv, err)
+        assert any("left by a --pack that failed part way; delete" in line and "from git" not in line for line in said), (argv, out, err)
+    (study / PACK_METRICS).unlink()  # what the line says: then every command goes on
+    assert call(runs, [str(study), "--pack"])[0] == 0 and call(runs, [str(study), "--check"])[0] == 0
+    (copy / PACK_RUNS).unlink()  # a pack that lost its runs.jsonl, its runs gone from folders: restore it
+    code, _, err = call(runs, [str(copy)])
+    assert code == 2 and "left by a --pack" not in err and err.count("from git") == 1, err
