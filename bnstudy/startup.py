@@ -50,14 +50,13 @@ def main() -> None:
     try:
         with sigint_held():
             from bnstudy.cli import train
+        try:
+            train()  # from here the app reports a Ctrl-C itself; one between two of its statements still ends here
+        finally:
+            sys.stdout.flush()  # here, not at exit, where a closed pipe is an "Exception ignored" traceback
     except KeyboardInterrupt:
         print(INTERRUPTED_AT_START, file=sys.stderr)
         sys.exit(130)
-    try:
-        try:
-            train()
-        finally:
-            sys.stdout.flush()  # here, not at exit, where a closed pipe is an "Exception ignored" traceback
     except BrokenPipeError:  # the reader stopped early (``bnstudy-train --help | head``): it has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)

@@ -645,6 +645,9 @@ REJECTED = [
     ("a negative thread count", ["train.threads=-1"], {}, r"^error: train\.threads must be 0"),
     ("a key the schema lacks", ["+foo=1"], {}, r"^error: unknown config key 'foo'"),
     ("a dataset that is not there", ["data=mnist", "data.download=false"], "nodata", r"^error: no mnist data"),
+    ("channels_last refused", ["data.channels=3", "data.size=8", "model=resnet", "model.width=4", "train.channels_last=true"], {},
+     r"^error: train\.channels_last=true with a ResNet of model\.width=4 crashes"),
+    ("amp refused", ["train.amp=true"], {"ONEDNN_MAX_CPU_ISA": "AVX2"}, r"^error: train\.amp=true asks for bf16 autocast, but "),
     ("a sweep of bad values", ["-m", "seed=0,1", "optim.lr=-1"], {}, r"^error: optim\.lr must be > 0"),
 ]
 
