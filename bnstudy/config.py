@@ -96,7 +96,7 @@ class TrainConfig:
 
     steps: int = 5000
     batch_size: int = 60
-    eval_every: int = 500
+    eval_every: int | None = None  # None: default_eval_every(steps), 10 test points a run; 0: no evaluation
     log_every: int = 100
     eval_batch_size: int = 2000
     checkpoint_every: int = 1000
@@ -107,6 +107,20 @@ class TrainConfig:
     channels_last: bool = False
     threads: int = 0  # 0: torch's default, divided between parallel jobs
     precise_bn: int = 0  # batches to recompute BN statistics over before each evaluation (0: off)
+
+    def __post_init__(self) -> None:
+        if self.eval_every is None:
+            self.eval_every = default_eval_every(self.steps)
+
+
+def default_eval_every(steps: Any) -> int | None:
+    """The evaluation interval when none is given: a tenth of the budget, so every curve has at least 10 test points.
+
+    A 5,000-step run evaluates every 500 steps, as the fixed default did; the experiments set their own.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        return None  # not a budget: the run's checks say so
+    return max(1, steps // 10)
 
 
 @dataclass
@@ -245,6 +259,9 @@ def _canonical(key: str, value: Any) -> Any:
 def identity(cfg: dict[str, Any]) -> dict[str, Any]:
     """The flat subset of a config dict that determines a run's results (seed aside)."""
     flat = _flatten({k: v for k, v in cfg.items() if k != "hydra"})
+    if "train.eval_every" in flat and flat["train.eval_every"] is None:
+        # the default grid is named by the interval it resolves to, as config.yaml records it
+        flat["train.eval_every"] = default_eval_every(flat.get("train.steps", TrainConfig.steps))
     return {
         k: _canonical(k, v)
         for k, v in sorted(flat.items())

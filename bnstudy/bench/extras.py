@@ -19,8 +19,10 @@ def bench_eval(opts: Options, tmp: Path, device: torch.device, threads: int) -> 
     """(d) eval hook time over training time for the default config (mlp on mnist, eval_every=500)."""
     kind, _ = data_kind("mnist", opts.data, device)
     # the ratio depends on the interval, not the budget: 500 steps hold 1 evaluation as 5000 hold 10
+    # (the interval is fixed here: the default grid is a tenth of the budget, so the quick run would evaluate every 50)
     steps = 500 if opts.quick else 5000
-    cfg = compose(data_overrides("mnist", kind) + [f"train.steps={steps}", "train.progress=off", f"train.threads={threads}", f"device={device.type}"])
+    cfg = compose(data_overrides("mnist", kind) + [f"train.steps={steps}", "train.eval_every=500", "train.progress=off",
+                                                   f"train.threads={threads}", f"device={device.type}"])
     from bnstudy.train import train_run
 
     s = train_run(cfg, tmp / "d-eval")
