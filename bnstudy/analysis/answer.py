@@ -258,7 +258,7 @@ def answer_table(rows) -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for c, h, f, g in rows:
-        fair = _holds(h, f, "the effect is at one" if h.gap.tuned else "not run")
+        fair = _holds(h, f, "measured under one" if h.gap.tuned else "not run")
         large = _holds(h, g, c.largest_note)
         sec = re.match(r"claims/(\d+)", c.section).group(1).lstrip("0")
         lines.append(
