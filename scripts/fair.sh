@@ -73,8 +73,9 @@ vgg() {
 }
 
 rung() {  # $1: mid | full | gate
-  local extra="" out="results/resnet_full/fair_$1" seeds="0,1,2"
-  [ "$1" = full ] && extra="train.steps=11700 train.eval_every=1170"
+  # probes every evaluation: each layer's gamma (mean and spread over channels) and each scalar gate (block{b}/gain)
+  local extra="probe.every=390" out="results/resnet_full/fair_$1" seeds="0,1,2"
+  [ "$1" = full ] && extra="train.steps=11700 train.eval_every=1170 probe.every=1170"
   [ "$1" = gate ] && out="results/resnet_full/fair_mid"
   local settings=("${FAIR_SETTINGS[@]}")
   [ "$1" = gate ] && settings=("${FAIR_SETTINGS[0]}")

@@ -204,3 +204,24 @@ def test_branch_gate_scalar_keeps_gamma_at_one_and_starts_the_branch_at_zero():
     assert all(float(b.norm2.weight.min()) == 1.0 for b in blocks)
     default = build_model(ModelConfig(**{**cfg.__dict__, "branch_gate": "norm"}), NormConfig(name="affine"), RGB, 10)
     assert all(b.branch_gain is None and float(b.norm2.weight.abs().max()) == 0.0 for b in default.features if hasattr(b, "branch_gain"))
+
+
+@pytest.mark.parametrize("model, norm", [({"init": "fixup"}, "none"), ({"init": "he", "zero_init_residual": True}, "none"), ({"init": "he", "zero_init_residual": True, "branch_gate": "scalar"}, "affine")])
+def test_the_probes_follow_each_scalar_gate(model, norm, tmp_path, tmp_data):
+    import pandas as pd
+
+    cfg = small(
+        data={"name": "synthetic", "channels": 3, "size": 32},
+        model={"name": "resnet", "depth": 8, "width": 8, "activation": "relu", **model},
+        norm={"name": norm},
+        optim={"lr": 0.05},
+        probe={"every": 10},
+        train={"steps": 20},
+    )
+    train_run(cfg, tmp_path / "run")
+    m = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    gains = m[m.metric.str.fullmatch(r"block\d+/gain")]
+    assert sorted(gains.metric.unique()) == ["block1/gain", "block2/gain", "block3/gain"]  # ResNet-8: 3 branches
+    start = 1.0 if model["init"] == "fixup" else 0.0
+    first = gains[gains.step == gains.step.min()].value
+    assert (first - start).abs().max() < 0.5 and gains.step.nunique() == 2

@@ -24,6 +24,11 @@ forward order. Per site ``layer{i}``:
   ``x <= 0`` (zero after the ReLU) for relu.
 - ``layer{i}/gamma/{mean,std}``, ``layer{i}/beta/{mean,std}``: statistics of the
   module's ``weight`` / ``bias`` parameters, when it has them.
+- ``block{b}/gain``: the scalar that ends residual branch b, where the ResNet
+  has one (SkipInit's ``branch_gain`` for a variant without γ or under
+  ``model.branch_gate=scalar``, Fixup's multiplier), b = 1, 2, ... in forward
+  order; beside ``layer{i}/gamma`` of the branch's last norm site, it shows how
+  each branch opens during training.
 - ``pool{j}/{mean,std,p15,p50,p85,ch_absmean,ch_std}``: the same statistics
   of the output of the j-th max-pooling layer (CNN, VGG), i.e. what the next
   conv and its norm receive after pooling shifted the features.
@@ -247,6 +252,8 @@ def _activation_pass(
             w = feeder[i].weight if i in feeder else None
             if w is not None and w.grad is not None:
                 tensors.append((f"{layer}/grad_norm", w.grad.detach().float().norm()))
+    gains = [g for m in model.modules() for g in (getattr(m, "branch_gain", None), getattr(m, "scale", None)) if isinstance(g, nn.Parameter) and g.numel() == 1]
+    tensors += [(f"block{b + 1}/gain", g.detach()) for b, g in enumerate(gains)]
     values = torch.stack([v.reshape(()).float() for _, v in tensors]).cpu().tolist() if tensors else []  # one host sync
     feeders = {f"layer{i + 1}": (m, feeder[i]) for i, (_, m) in enumerate(sites) if i in feeder}
     return [(SPLIT, name, v) for (name, _), v in zip(tensors, values)], feeders
