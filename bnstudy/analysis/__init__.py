@@ -1,5 +1,6 @@
 """Analysis of results folders, usable from a notebook without Hydra.
 
+    root, runs, metrics = load_study("results/quickstart")  # folder (relative: from the project root), runs, metrics
     runs = load_runs("results/quickstart")        # one row per run
     metrics = load_metrics("results/quickstart", runs)  # long table, factors joined
     summary_table(runs, metrics)                   # per variant: mean ± CI, time to target, ...
@@ -28,7 +29,7 @@ from bnstudy.analysis.aggregate import (
     varying_factors,
     welch,
 )
-from bnstudy.analysis.load import FACTORS, find_run_dirs, load_metrics, load_runs, sweep_commands
+from bnstudy.analysis.load import FACTORS, NoRuns, find_run_dirs, load_metrics, load_runs, load_study, project_root, sweep_commands
 from bnstudy.analysis.probe_tables import probe_table
 
 _PLOTS = {
@@ -58,6 +59,7 @@ def __getattr__(name: str):
 __all__ = [
     "DEFAULT_TARGETS",
     "FACTORS",
+    "NoRuns",
     "Untunable",
     "accuracy_figure",
     "choose_rates",
@@ -74,10 +76,12 @@ __all__ = [
     "landscape_figure",
     "load_metrics",
     "load_runs",
+    "load_study",
     "loss_figure",
     "mean_ci",
     "palette",
     "probe_figure",
+    "project_root",
     "save_figure",
     "sensitivity_figure",
     "summary_table",

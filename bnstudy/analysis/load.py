@@ -70,6 +70,10 @@ RESULT_COLUMNS = [
 METRIC_COLUMNS = ["run", "step", "split", "metric", "value", "seconds"]
 
 
+class NoRuns(Exception):
+    """The results folder holds no run folder."""
+
+
 def factor_columns(df: pd.DataFrame) -> list[str]:
     """Every column of a runs table that names a factor: the known ``FACTORS`` and any extra key a study
     varies (``zero_init_residual``, ``freeze_after``, ...), in table order; not the run's identity or results."""
@@ -155,6 +159,34 @@ def load_runs(root: str | Path) -> pd.DataFrame:
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
     _fill_precise(df)
     return df.reset_index(drop=True)
+
+
+def project_root(start: str | Path | None = None) -> Path:
+    """The project a notebook belongs to: the nearest folder holding pyproject.toml, from ``start`` (default: the
+    working directory) up; ``start`` itself when none does.
+
+    Jupyter runs a notebook in the notebook's own folder (``notebooks/``), so a path typed relative to the project
+    (``results/quickstart``) has to be read from here, not from the working directory.
+    """
+    start = Path(start if start is not None else Path.cwd()).resolve()
+    return next((d for d in (start, *start.parents) if (d / "pyproject.toml").is_file()), start)
+
+
+def load_study(path: str | Path, start: str | Path | None = None) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
+    """A results folder to analyse, its runs table and its metrics: ``(folder, runs, metrics)``.
+
+    A relative ``path`` is read from :func:`project_root` of ``start``. A path that is not a folder, or a folder
+    without a readable run, raises :class:`NoRuns` (one line saying so), never an empty table.
+    """
+    root = Path(path).expanduser()
+    if not root.is_absolute():
+        root = project_root(start) / root
+    if not root.is_dir():
+        raise NoRuns(f"{path}: no such folder ({root}); give a results folder, absolute or relative to the project root, e.g. results/quickstart")
+    runs = load_runs(root)
+    if runs.empty:
+        raise NoRuns(f"no runs under {root} (a run folder holds summary.json); give a study's results folder, e.g. results/quickstart")
+    return root, runs, load_metrics(root, runs)
 
 
 def _fill_precise(df: pd.DataFrame) -> None:

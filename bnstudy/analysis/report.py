@@ -22,7 +22,7 @@ from bnstudy.analysis.aggregate import (
     tuned_summary,
     varying_factors,
 )
-from bnstudy.analysis.load import FACTORS, load_metrics, load_runs, sweep_commands
+from bnstudy.analysis.load import FACTORS, NoRuns, load_metrics, load_runs, sweep_commands
 from bnstudy.analysis.plots import figures, save_figure, variant_order
 from bnstudy.archive import PackError, run_file_text
 from bnstudy.archive_write import refuse_damaged
@@ -51,10 +51,6 @@ def figure_title(name: str) -> str:
     if name.startswith("unit_percentiles_"):
         return f"Single-unit activation-input percentiles, {name.removeprefix('unit_percentiles_')} (Ioffe & Szegedy 2015, Fig. 1b,c)"
     return f"Sensitivity to {name.removeprefix('sensitivity_')}"
-
-
-class NoRuns(Exception):
-    """The results folder holds no run folder."""
 
 
 class UnknownReference(Exception):
