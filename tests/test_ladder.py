@@ -110,3 +110,22 @@ def test_a_setting_with_one_seed_prints_its_mean_without_an_interval() -> None:
     assert "0.700 (lr 0.1, 1 seed); -0.230 (no interval: one seed)" in row
     change = next(line for line in text.splitlines() if "small → big" in line and "affine + zero_init_residual" in line)
     assert "(no interval: one seed) | – | – |" in change
+
+
+def test_labels_name_the_optimizer_treatment_and_fixup_only_where_they_differ() -> None:
+    quiet = dict(zero_init_residual=False, init="he", branch_gate=None, norm_decay=True, norm_lr_scale=1.0)
+    assert setting_label("bn", **quiet) == "bn"
+    assert setting_label("bn", **{**quiet, "norm_decay": np.bool_(False)}) == "bn + norm_decay=false"
+    fixup = {**quiet, "init": "fixup", "norm_decay": "False", "norm_lr_scale": 0.1}
+    assert setting_label("none", **fixup) == "none + init=fixup + norm_decay=false + norm_lr_scale=0.1"
+    gate = {**quiet, "zero_init_residual": True, "branch_gate": "scalar", "norm_decay": False}
+    assert setting_label("affine", **gate) == "affine + zero_init_residual + branch_gate=scalar + norm_decay=false"
+
+
+def test_a_rung_joins_several_folders(tmp_path: Path, capsys) -> None:
+    for folder, norm, extra in (("mid", "bn", None), ("fair", "affine", {"norm_decay": False})):
+        for seed, acc in enumerate([0.8, 0.81, 0.82] if norm == "bn" else [0.7, 0.71, 0.72]):
+            write_run(tmp_path / folder, norm, seed, [acc], extra_factors=extra)
+    assert main([f"10 epochs={tmp_path / 'mid'},{tmp_path / 'fair'}"]) == 0
+    out = capsys.readouterr().out
+    assert "`affine + norm_decay=false`" in out and "-0.100" in out

@@ -16,8 +16,10 @@ shrinks, grows, flips or holds:
   / away from it;
 - **holds**: no change larger than its interval.
 
-``python -m bnstudy.analysis.ladder LABEL=DIR ...`` prints the table as
-markdown (``bash scripts/resnet_full.sh ladder`` names the ResNet's rungs).
+``python -m bnstudy.analysis.ladder LABEL=DIR[,DIR...] ...`` prints the table as
+markdown (``bash scripts/resnet_full.sh ladder`` names the ResNet's rungs); a rung
+given as several folders joins runs trained under the same conditions (the
+committed rung and the fair settings trained beside it later).
 """
 from __future__ import annotations
 
@@ -33,7 +35,10 @@ from bnstudy.analysis.aggregate import Welch, difference_of_differences, mean_ci
 from bnstudy.analysis.load import load_runs
 from bnstudy.runs import DONE
 
-SETTING = ("norm", "zero_init_residual")
+SETTING = ("norm", "zero_init_residual", "init", "branch_gate", "norm_decay", "norm_lr_scale")
+# factors a label names only where they differ from the ladder's usual setting (He init, the branch's own γ as its
+# gate, γ and β decayed and stepped like the weights): "none + init=fixup + norm_decay=false + norm_lr_scale=0.1"
+QUIET: dict[str, tuple] = {"init": ("he", "default"), "branch_gate": ("norm",), "norm_decay": (True,), "norm_lr_scale": (1.0,)}
 RUNG_COLUMNS = ["rung", "setting", "lr", "runs", "diverged", "n", "mean", "lo", "hi", "diff", "diff_lo", "diff_hi", "p"]
 TREND_COLUMNS = ["setting", "from", "to", "change", "change_lo", "change_hi", "p", "verdict"]
 
@@ -48,11 +53,22 @@ def setting_label(norm: str, **extra: object) -> str:
     for key, value in extra.items():
         if value is None or (isinstance(value, float) and math.isnan(value)):
             continue
+        if key in QUIET:
+            if not any(str(value).lower() == str(q).lower() or (isinstance(q, float) and _number(value) == q) for q in QUIET[key]):
+                parts.append(f"{key}={str(value).lower() if str(value).lower() in ('true', 'false') else value}")
+            continue
         if isinstance(value, (bool, np.bool_)) or str(value).lower() in ("true", "false"):
             parts += [key] if str(value).lower() == "true" else []
         else:
             parts.append(f"{key}={value}")
     return " + ".join(parts)
+
+
+def _number(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def final_test_accuracy(runs: pd.DataFrame) -> pd.Series:
@@ -200,11 +216,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     rungs = []
     for a in args:
-        label, folder = a.split("=", 1)
-        if not Path(folder).is_dir():
-            print(f"ladder: rung '{label}': no folder {folder}; check the path (a rung is a study's results folder)", file=sys.stderr)
-            return 2
-        rungs.append((label, load_runs(folder)))
+        label, folders = a.split("=", 1)
+        parts = []
+        for folder in folders.split(","):  # a rung may join folders trained under the same conditions
+            if not Path(folder).is_dir():
+                print(f"ladder: rung '{label}': no folder {folder}; check the path (a rung is a study's results folder)", file=sys.stderr)
+                return 2
+            parts.append(load_runs(folder))
+        rungs.append((label, pd.concat(parts, ignore_index=True)))
     try:
         table, trend = ladder(rungs, reference)
     except NotARung as e:
