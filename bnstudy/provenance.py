@@ -39,6 +39,7 @@ NOT_TRAINING: dict[str, str] = {
     "reproduce.py": "re-trains committed runs in a temporary folder",
     "runs.py": "run-folder files: metrics.csv and summary.json writing and checks, locks",
     "runs_cli.py": "bnstudy-runs and bnstudy-report",
+    "search.py": "bnstudy-search: picks the rates; its runs train through the job bnstudy-train runs",
     "startup.py": "the bnstudy-train entry point (holds Ctrl-C while imports load)",
     "sweep_log.py": "keeps each sweep's command beside its runs",
     "threads.py": "the thread-count policy; the count a run used is recorded (provenance.threads)",

@@ -56,8 +56,12 @@ def _refuse_whole_split_by_hand(rcfg: RunConfig) -> None:
         )
 
 
-def run_job(cfg: DictConfig) -> str:
-    """One training job: skip if done, else train (resuming if interrupted). Returns the final status."""
+def run_job(cfg: DictConfig, extra_hooks: list | None = None) -> str:
+    """One training job: skip if done, else train (resuming if interrupted). Returns the final status.
+
+    ``extra_hooks`` run after the config's own (``bnstudy-search`` adds its pruner); an
+    :class:`Interrupted` raised by one of them is not a signal's stop: it goes to the caller.
+    """
     plain = OmegaConf.to_container(cfg, resolve=True)
     rcfg = RunConfig.from_dict(plain)  # type: ignore[arg-type]
     _refuse_whole_split_by_hand(rcfg)
@@ -94,11 +98,11 @@ def run_job(cfg: DictConfig) -> str:
             if done:
                 return done
             _save_hydra_record(run_dir, cfg)
-            result = train_run(rcfg, run_dir, sweep_id=os.environ.get(SWEEP_ENV), stop=stop)
+            result = train_run(rcfg, run_dir, extra_hooks=extra_hooks, sweep_id=os.environ.get(SWEEP_ENV), stop=stop)
     except Interrupted as e:
         _drop_earlier_error(run_dir)
-        if e.reason == CTRL_C:
-            raise  # the user stops the whole command: the app says where and how to go on
+        if e.reason == CTRL_C or e.reason != stop.reason:
+            raise  # the user stops the whole command (the app says where and how to go on), or a hook did
         log.warning("interrupted %s at step %d (%s); checkpoint kept", run_dir, e.step, e.reason)
         requeue(stop, previous)
         return "interrupted"
