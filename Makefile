@@ -16,7 +16,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,tensorboard,search]'
+	$(BIN)/pip install --quiet -e '.[dev,tensorboard,search,mlflow]'
 	touch $(STAMP)
 
 # the quickstart, trained into an untracked folder and compared with the committed runs;

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from bnstudy import trackers
 from bnstudy.config import RunConfig
 from bnstudy.errors import CheckpointError, ConfigError
 
@@ -38,6 +39,7 @@ def check_values(cfg: RunConfig) -> None:
     else:
         _check_real_data(cfg)
     _check_inert(cfg)
+    trackers.require(cfg)  # a tracker's missing package, before any folder is written
     if t.batch_size == 1:
         _check_single_example_batches(cfg)
 

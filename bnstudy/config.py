@@ -137,6 +137,8 @@ class LoggerConfig:
     """Optional extra loggers."""
 
     tensorboard: bool = False
+    mlflow: bool = False
+    mlflow_uri: str = ""  # MLflow tracking URI or a folder; empty: mlruns/ in the working directory
 
 
 @dataclass

@@ -43,6 +43,7 @@ NOT_TRAINING: dict[str, str] = {
     "startup.py": "the bnstudy-train entry point (holds Ctrl-C while imports load)",
     "sweep_log.py": "keeps each sweep's command beside its runs",
     "threads.py": "the thread-count policy; the count a run used is recorded (provenance.threads)",
+    "trackers.py": "logs finished values to external trackers; reads, never changes, training",
     "train/__main__.py": "python -m bnstudy.train",
     "transfer.py": "moves finished run folders between machines",
 }

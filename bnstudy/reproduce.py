@@ -107,7 +107,8 @@ def rebuild(record: Any) -> Any:
     cfg.device = "cpu"
     cfg.train.progress = "off"
     cfg.train.compile = False  # eager on the CPU: compiling costs more than a few hundred steps
-    cfg.logger.tensorboard = False
+    cfg.logger.tensorboard = cfg.logger.mlflow = False  # a check writes to no tracker
+    cfg.logger.mlflow_uri = ""
     cfg.force = False  # a fresh folder: nothing to resume from
     return cfg
 

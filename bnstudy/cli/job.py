@@ -8,7 +8,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from bnstudy import threads
+from bnstudy import threads, trackers
 from bnstudy.cli.signals import CTRL_C, ctrl_c_stops, requeue, stop_on_job_signals
 from bnstudy.cli.skip import remove_if_empty, run_log_files, skip
 from bnstudy.cli.sweep import SWEEP_ENV, launcher_share
@@ -98,7 +98,8 @@ def run_job(cfg: DictConfig, extra_hooks: list | None = None) -> str:
             if done:
                 return done
             _save_hydra_record(run_dir, cfg)
-            result = train_run(rcfg, run_dir, extra_hooks=extra_hooks, sweep_id=os.environ.get(SWEEP_ENV), stop=stop)
+            with trackers.after_training(rcfg, run_dir):  # MLflow and TensorBoard's HParams, from the folder
+                result = train_run(rcfg, run_dir, extra_hooks=extra_hooks, sweep_id=os.environ.get(SWEEP_ENV), stop=stop)
     except Interrupted as e:
         _drop_earlier_error(run_dir)
         if e.reason == CTRL_C or e.reason != stop.reason:
