@@ -6,8 +6,12 @@ import sys
 
 def _hold_ctrl_c(signum, _frame) -> None:
     """SIGINT's handler from bnstudy's first line to :func:`bnstudy.startup.main` when ``bnstudy-train`` starts: notes the
-    press, which ``main`` then reports as one line (a KeyboardInterrupt in these imports would be a traceback)."""
-    ctrl_c_pressed.append(signum)
+    press in its ``pressed`` list, which ``main`` then reports as one line (a KeyboardInterrupt in these imports would be
+    a traceback)."""
+    _hold_ctrl_c.pressed.append(signum)
+
+
+_hold_ctrl_c.pressed = []
 
 
 def _starts_training() -> bool:
@@ -20,7 +24,6 @@ def _starts_training() -> bool:
 
 # First, before any other import: Ctrl-C is held from here until bnstudy.startup.main takes over (in the main thread
 # only, where Python's own handler is installed; a launcher that ignores SIGINT keeps it ignored).
-ctrl_c_pressed: list[int] = []
 if _starts_training() and _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
     try:
         _signal.signal(_signal.SIGINT, _hold_ctrl_c)

@@ -27,13 +27,11 @@ def sigint_held() -> Iterator[None]:
     Only where Python's own handler is installed, in the main thread (elsewhere it is a no-op), or where
     ``bnstudy/__init__.py`` has held SIGINT since the process started (``bnstudy-train``): a press it noted counts too.
     """
-    import bnstudy
-
-    pressed: list[int] = []
     current = signal.getsignal(signal.SIGINT)
-    hold = threading.current_thread() is threading.main_thread() and current in (signal.default_int_handler, bnstudy._hold_ctrl_c)
-    if current is bnstudy._hold_ctrl_c:  # held since bnstudy's first line (bnstudy/__init__.py): a press then counts too
-        pressed = bnstudy.ctrl_c_pressed
+    early = getattr(current, "pressed", None) if getattr(current, "__module__", None) == "bnstudy" else None
+    # held since bnstudy's first line (bnstudy/__init__.py): a press noted there counts too
+    pressed: list[int] = early if isinstance(early, list) else []
+    hold = threading.current_thread() is threading.main_thread() and (current is signal.default_int_handler or early is not None)
     if hold:
         signal.signal(signal.SIGINT, lambda signum, _frame: pressed.append(signum))
     try:

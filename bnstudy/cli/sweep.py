@@ -1,6 +1,7 @@
 """A multirun's bookkeeping: the callback that tags its jobs and reports their endings; threads per job."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import sys
@@ -49,7 +50,8 @@ class SweepCallback(Callback):
         if cls.running is not None:
             root, before = cls.running
             cls.running = None
-            keep_sweep_record(root, before, os.environ.get(SWEEP_ENV))
+            with contextlib.suppress(OSError):  # a full disk that stopped the sweep may refuse the record too
+                keep_sweep_record(root, before, os.environ.get(SWEEP_ENV))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         SweepCallback.running = None
