@@ -96,15 +96,12 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, overrides, expect
     assert tree(results) == before, "the results folder changed"
 
 
-@pytest.mark.parametrize("out", ["non-ASCII é", "spaced out"])
-def test_an_out_dir_in_hydras_quotes_is_used_as_typed(out, tmp_path, tmp_data):
-    r = cli([*FAST, f'out_dir="{tmp_path / out}"'], cwd=tmp_path)
-    assert r.returncode == 0 and len(list((tmp_path / out).glob("*/seed0/summary.json"))) == 1, r.stderr
-
-
-def test_an_interpolated_out_dir_is_resolved(tmp_path, tmp_data):
-    r = cli([*FAST, "out_dir=${oc.env:BNSTUDY_TEST_OUT}/runs"], cwd=tmp_path, env={"BNSTUDY_TEST_OUT": str(tmp_path / "scratch")})
-    assert r.returncode == 0 and len(list((tmp_path / "scratch" / "runs").glob("*/seed0/summary.json"))) == 1, r.stderr
+def test_an_out_dir_in_hydras_quotes_and_interpolated_is_used(tmp_path, tmp_data):
+    """What the two refusals above leave open: a quoted value with a space and a non-ASCII letter, and an interpolation
+    in out_dir (which neither names nor labels a run)."""
+    out = '"${oc.env:BNSTUDY_TEST_OUT}/my runs é"'
+    r = cli([*FAST, f"out_dir={out}"], cwd=tmp_path, env={"BNSTUDY_TEST_OUT": str(tmp_path / "scratch")})
+    assert r.returncode == 0 and len(list((tmp_path / "scratch" / "my runs é").glob("*/seed0/summary.json"))) == 1, r.stderr
 
 
 def test_an_out_dir_that_is_a_file_is_one_line(tmp_path):
