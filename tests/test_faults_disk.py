@@ -106,7 +106,7 @@ def test_pack_on_a_full_disk_fails_whole_and_leaves_the_folders_usable(tmp_path)
         study = study_of_two(disk / "study")
         before = files(study)
         failed = packed = 0
-        for pages in range(0, 12):  # every point where the space runs out: the table, runs.jsonl, neither
+        for pages in range(0, 64):  # every point where the space runs out: the table, runs.jsonl, neither
             (disk / "filler").unlink(missing_ok=True)
             leave_free(disk, pages)
             code, out, err = call(runs, [str(study), "--pack"])
@@ -144,7 +144,7 @@ def test_unpack_on_a_full_disk_is_one_line_and_keeps_the_pack(tmp_path):
         assert call(runs, [str(study), "--pack"])[0] == 0
         packed = files(study)
         failed = 0
-        for pages in range(0, 16):
+        for pages in range(0, 64):
             (disk / "filler").unlink(missing_ok=True)
             leave_free(disk, pages)
             code, out, err = call(runs, [str(study), "--unpack"])
