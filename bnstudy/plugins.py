@@ -98,7 +98,7 @@ def load(entries: Iterable[str], where: Mapping[str, str] | None = None) -> dict
     one that registers a variant under a name bnstudy (or an earlier plugin) already uses
     is refused, so a plugin never changes what a committed run's variant means.
     """
-    from bnstudy.startup import sigint_held
+    from bnstudy.sigint import sigint_held
 
     out: dict[str, str] = {}
     for entry in entries or ():

@@ -23,7 +23,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # here: a missed entry costs a needless retrain, never a silently different result. A name
 # ending in "/" is a folder; any other name also covers files it begins (bench -> bench_*.py).
 NOT_TRAINING: dict[str, str] = {
-    "__init__.py": "the version string",
+    "__init__.py": "the version string, and Ctrl-C held from the first line of bnstudy-train",
     "analysis/": "reads finished runs",
     "archive.py": "packs and reads finished runs",
     "archive_write.py": "packs and unpacks finished runs",
@@ -37,6 +37,7 @@ NOT_TRAINING: dict[str, str] = {
     "plugins.py": "imports the modules a run names in plugins=[...]; their own files are fingerprinted, as plugin:<file>",
     "provenance.py": "this record",
     "reproduce.py": "re-trains committed runs in a temporary folder",
+    "sigint.py": "holds a Ctrl-C while modules load",
     "runs.py": "run-folder files: metrics.csv and summary.json writing and checks, locks",
     "runs_cli.py": "bnstudy-runs and bnstudy-report",
     "search.py": "bnstudy-search: picks the rates; its runs train through the job bnstudy-train runs",

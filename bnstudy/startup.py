@@ -10,37 +10,11 @@ later, by the first job that trains (:mod:`bnstudy.cli.job`), under the same hol
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 
 from bnstudy.errors import INTERRUPTED_AT_START
-
-
-@contextlib.contextmanager
-def sigint_held() -> Iterator[None]:
-    """Hold a Ctrl-C while heavy modules load; raise it as KeyboardInterrupt once they have.
-
-    Only where Python's own handler is installed, in the main thread (elsewhere it is a no-op), or where
-    ``bnstudy/__init__.py`` has held SIGINT since the process started (``bnstudy-train``): a press it noted counts too.
-    """
-    current = signal.getsignal(signal.SIGINT)
-    early = getattr(current, "pressed", None) if getattr(current, "__module__", None) == "bnstudy" else None
-    # held since bnstudy's first line (bnstudy/__init__.py): a press noted there counts too
-    pressed: list[int] = early if isinstance(early, list) else []
-    hold = threading.current_thread() is threading.main_thread() and (current is signal.default_int_handler or early is not None)
-    if hold:
-        signal.signal(signal.SIGINT, lambda signum, _frame: pressed.append(signum))
-    try:
-        yield
-    finally:
-        if hold:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-    if pressed:
-        raise KeyboardInterrupt
+from bnstudy.sigint import sigint_held
 
 
 def main() -> None:

@@ -117,10 +117,10 @@ def test_no_import_cycles():
 # Layers, lowest first: a module imports only its own layer and those below. Entry points
 # (command-line programs) may import anything; nothing but an entry point imports one.
 LAYERS = [
-    ("bnstudy.errors", "bnstudy.fmt", "bnstudy.provenance", "bnstudy.devices"),
-    ("bnstudy.norm",),
+    ("bnstudy.errors", "bnstudy.fmt", "bnstudy.devices", "bnstudy.sigint"),
+    ("bnstudy.norm", "bnstudy.plugins", "bnstudy.provenance"),  # a run's code includes the plugins it names
     ("bnstudy.config",),
-    ("bnstudy.runs", "bnstudy.archive", "bnstudy.archive_write", "bnstudy.sweep_log"),
+    ("bnstudy.runs", "bnstudy.archive", "bnstudy.archive_write", "bnstudy.sweep_log", "bnstudy.trackers"),
     ("bnstudy.data", "bnstudy.models"),
     ("bnstudy.flops", "bnstudy.threads", "bnstudy.checks"),
     ("bnstudy.train", "bnstudy.analysis"),
@@ -128,6 +128,7 @@ LAYERS = [
 SIDE_BY_SIDE = {("bnstudy.train", "bnstudy.analysis"), ("bnstudy.analysis", "bnstudy.train")}  # neither imports the other
 ENTRY_POINTS = (
     "bnstudy.cli", "bnstudy.runs_cli", "bnstudy.bench", "bnstudy.reproduce", "bnstudy.transfer", "bnstudy.startup",
+    "bnstudy.search",
     "bnstudy.train.__main__",
 )  # fmt: skip
 

@@ -16,7 +16,7 @@ from bnstudy.checks import check_values
 from bnstudy.config import DataConfig, RunConfig, run_name
 from bnstudy.errors import ConfigError
 from bnstudy.runs import RunLock, atomic_write_text, read_summary
-from bnstudy.startup import sigint_held
+from bnstudy.sigint import sigint_held
 from bnstudy.train.stops import Interrupted, StopRequest
 
 log = logging.getLogger("bnstudy")
