@@ -127,6 +127,18 @@ EQUIVALENT: list[tuple[dict[str, str], dict[str, str], str]] = [
         "bnstudy-runs results/<study> --reproduce 2 on decompose/mlp and optimizer/cnn (300 steps): 4 of 4 "
         "bit-identical on the CPU (2026-12-04)",
     ),
+    (
+        # train/precision.py before 8341ae60 (2026-12-03), as 1,152 committed runs recorded it ...
+        {"bnstudy/train/precision.py": "38f10392d34f"},
+        # ... with check() refusing train.channels_last for a ResNet narrower than 8 on a CPU: an accepted run runs none of it
+        {"bnstudy/train/precision.py": "87eef4ce4f1e"},
+        "bnstudy-runs results/<study> --reproduce N under 2d9494f8 and under 2d9494f8 with the precision.py before 8341ae60, "
+        "on an Intel Xeon (AVX-512, AMX bf16), 2026-12-07: ioffe_mnist 2 and fashion_tuned 2 (300 steps), optimizer/cnn 1 "
+        "(300), vgg_tuned 2, skipinit 2, decompose/resnet 1 and resnet_full/select 2 (bf16 + channels_last) at 100 steps: "
+        "12 of 12 lines the same under both codes, value for value. Against the committed values (AMD EPYC) the MLPs are "
+        "bit-identical or within 7e-8 and the conv nets differ from step 50-100 under both codes alike: the CPU's "
+        "kernels, not the change (docs/determinism.md)",
+    ),
 ]  # fmt: skip
 
 
