@@ -139,6 +139,41 @@ EQUIVALENT: list[tuple[dict[str, str], dict[str, str], str]] = [
         "bit-identical or within 7e-8 and the conv nets differ from step 50-100 under both codes alike: the CPU's "
         "kernels, not the change (docs/determinism.md)",
     ),
+    (
+        # the training code at 2d9494f8, as every committed run maps to it ...
+        {
+            "bnstudy/config.py": "ad9370470203", "bnstudy/data/__init__.py": "4a16f0082ada",
+            "bnstudy/models/__init__.py": "e3fa35874548", "bnstudy/models/init.py": "fcd2e929120a",
+            "bnstudy/norm/registry.py": "a774ef462065", "bnstudy/train/build.py": "3f92db397a9d",
+            "bnstudy/train/lifecycle.py": "af9f10ffe10e", "bnstudy/train/probes.py": "092f0dc4d08d",
+        },
+        # ... with optim.norm_decay / norm_lr_scale, model.init=fixup and model.branch_gate, plugins, data.train_size on
+        # every dataset, the default eval grid, the trackers' keys and the probes' block gains (2026-12-07)
+        {
+            "bnstudy/config.py": "b47d65f7da28", "bnstudy/data/__init__.py": "531e69ee91ba",
+            "bnstudy/models/__init__.py": "13562ad668d3", "bnstudy/models/init.py": "bc2f6edabec9",
+            "bnstudy/norm/registry.py": "a049d71f8f4e", "bnstudy/train/build.py": "311924945e00",
+            "bnstudy/train/lifecycle.py": "cf001e5dd2c4", "bnstudy/train/probes.py": "ac32e6c21418",
+        },
+        "bnstudy-runs results/<study> --reproduce N under 2d9494f8 and under the new code, on an Intel Xeon (AVX-512, AMX "
+        "bf16), 2026-12-07: ioffe_mnist 2 (300 steps; bit-identical or within 7e-8 of the committed values under both), "
+        "fashion_tuned 1 (300), vgg_tuned 1, skipinit 1, resnet_full/mid 1 (fp32) and resnet_full/select 1 (bf16) at 100 "
+        "steps: 7 of 7 lines the same under both codes, value for value (the conv nets differ from their AMD-trained "
+        "values alike under both: the CPU's kernels)",
+    ),
+    (
+        # bnstudy/config.py as results/mnist_search's runs recorded it (trained mid-way through the change above) ...
+        {"bnstudy/config.py": "f9f993963bca"},
+        {"bnstudy/config.py": "b47d65f7da28"},
+        "bnstudy-runs results/mnist_search --reproduce 2: 2 of 2 bit-identical under the new code (2026-12-07)",
+    ),
+    (
+        # the code of 662b5cde, as results/vgg_fair's first runs recorded it ...
+        {"bnstudy/config.py": "107678d7d9ba", "bnstudy/data/__init__.py": "4a16f0082ada", "bnstudy/train/probes.py": "092f0dc4d08d"},
+        {"bnstudy/config.py": "b47d65f7da28", "bnstudy/data/__init__.py": "531e69ee91ba", "bnstudy/train/probes.py": "ac32e6c21418"},
+        "bnstudy-runs <two of those runs> --reproduce 2 --steps 250 under the new code: 2 of 2 bit-identical "
+        "(vgg_fair bn lr 0.05 and affine lr 0.02, seed 0; optim.norm_decay=false; 2026-12-07)",
+    ),
 ]  # fmt: skip
 
 

@@ -211,12 +211,12 @@ def test_the_probes_follow_each_scalar_gate(model, norm, tmp_path, tmp_data):
     import pandas as pd
 
     cfg = small(
-        data={"name": "synthetic", "channels": 3, "size": 32},
+        data={"name": "synthetic", "channels": 3, "size": 8, "train_size": 256, "test_size": 64},
         model={"name": "resnet", "depth": 8, "width": 8, "activation": "relu", **model},
         norm={"name": norm},
         optim={"lr": 0.05},
-        probe={"every": 10},
-        train={"steps": 20},
+        probe={"every": 10, "batch_size": 32},
+        train={"steps": 20, "batch_size": 32},
     )
     train_run(cfg, tmp_path / "run")
     m = pd.read_csv(tmp_path / "run" / "metrics.csv")
