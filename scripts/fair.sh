@@ -19,11 +19,12 @@ STAGE=${1:-}
 RES="experiment=resnet_full train.threads=$THREADS train.progress=off train.amp=false"
 VGG="experiment=vgg_fair train.threads=$THREADS train.progress=off"
 
-# (a) variant | 3 rates around its vgg_tuned choice (bn 0.05, affine 0.02, none 0.01)
+# (a) variant | 3 rates around its vgg_tuned choice (bn 0.05, affine 0.02, none 0.01); a choice at the grid's edge
+# got the next rate beyond it: affine chose 0.01 (so 0.005 was added), none 0.02 (so 0.05)
 VGG_SETTINGS=(
   "norm=bn|0.02 0.05 0.1"
-  "norm=affine|0.01 0.02 0.05"
-  "norm=none|0.005 0.01 0.02"
+  "norm=affine|0.005 0.01 0.02 0.05"
+  "norm=none|0.005 0.01 0.02 0.05"
 )
 # (b) setting | rate grid (spanning 4x around the committed choice of its unfair counterpart: affine + SkipInit 0.1)
 FAIR_SETTINGS=(
