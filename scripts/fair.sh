@@ -7,6 +7,7 @@
 #   bash scripts/fair.sh gate        # (b') affine + SkipInit with a scalar gate (model.branch_gate=scalar), 10 epochs, 3 seeds
 #   bash scripts/fair.sh full        # (c) 30 epochs, 3 seeds at the rates chosen at 10 epochs, and the bn control (1 seed)
 #   bash scripts/fair.sh ladder      # the fair ladder beside the committed one, as markdown
+#   bash scripts/fair.sh vgg_compare # (a) against vgg_tuned: each variant at its chosen rate, gaps to bn, what no decay changed
 # Resumable: every run is one bnstudy-train command, so a finished run is skipped and an interrupted one resumes from
 # its checkpoint; run the same line again to continue. Meant for the background:
 #   nohup bash scripts/fair.sh select > fair.log 2>&1 &
@@ -91,8 +92,45 @@ rung() {  # $1: mid | full | gate
   echo "$RES $CONTROL data.val_size=0 seed=$seeds $extra out_dir=$out"
 }
 
+vgg_compare() {
+  "$BIN/python" - <<'PY'
+from bnstudy.analysis import choose_rates, load_runs
+from bnstudy.analysis.aggregate import difference_of_differences, mean_ci, welch
+from bnstudy.analysis.ladder import final_test_accuracy
+
+def chosen(folder, choice_seeds):
+    runs = load_runs(folder)
+    runs = runs[runs["norm"].isin(["bn", "affine", "none"]) & runs["status"].isin(["completed", "diverged"])]
+    pick = runs[runs["seed"].isin(choice_seeds)] if choice_seeds else runs
+    rates = choose_rates(pick, by=["norm", "lr"]).set_index("norm")["lr"]
+    out = {}
+    for norm, lr in rates.items():
+        g = runs[(runs["norm"] == norm) & (runs["lr"] == lr)]
+        out[norm] = (lr, list(final_test_accuracy(g)))
+    return out
+
+studies = {"decayed (vgg_tuned)": chosen("results/vgg_tuned", None), "norm_decay=false (vgg_fair)": chosen("results/vgg_fair", [0])}
+print("| treatment | variant | lr | seeds | test acc (bn: precise) | - bn [95% Welch] |\n| --- | --- | --- | --- | --- | --- |")
+for name, s in studies.items():
+    bn = s["bn"][1]
+    for norm, (lr, accs) in s.items():
+        m, lo, hi, n = mean_ci(accs)
+        w = welch(accs, bn)
+        gap = "" if norm == "bn" else f"{w.diff:+.3f} [{w.lo:+.3f}, {w.hi:+.3f}]"
+        print(f"| {name} | `{norm}` | {lr:g} | {n} | {m:.3f} ± {hi - m:.3f} | {gap} |")
+(d_name, d), (f_name, f) = studies.items()
+print("\nwhat taking weight decay off gamma and beta changed (fair - decayed) [95% Welch-Satterthwaite]:")
+w = welch(f["bn"][1], d["bn"][1])
+print(f"  bn itself: {w.diff:+.3f} [{w.lo:+.3f}, {w.hi:+.3f}], p = {w.p:.3f}")
+for norm in ("affine", "none"):
+    x = difference_of_differences(f[norm][1], f["bn"][1], d[norm][1], d["bn"][1])
+    print(f"  gap {norm} - bn: {x.diff:+.3f} [{x.lo:+.3f}, {x.hi:+.3f}], p = {x.p:.3f}")
+PY
+}
+
 case "$STAGE" in
   vgg) vgg ;;
+  vgg_compare) vgg_compare ;;
   select)
     for s in "${FAIR_SETTINGS[@]}"; do
       for lr in ${s#*|}; do echo "$RES ${s%%|*} optim.lr=$lr out_dir=results/resnet_full/fair_select"; done
@@ -104,5 +142,5 @@ case "$STAGE" in
       [ -d "results/resnet_full/$r" ] && rungs+=("$r=results/resnet_full/$r")
     done
     "$BIN/python" -m bnstudy.analysis.ladder "${rungs[@]}" ;;
-  *) echo "usage: bash scripts/fair.sh vgg|select|mid|gate|full|ladder (JOBS=$JOBS runs at a time)" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/fair.sh vgg|vgg_compare|select|mid|gate|full|ladder (JOBS=$JOBS runs at a time)" >&2; exit 2 ;;
 esac
