@@ -205,8 +205,9 @@ def test_a_finished_sweep_resubmitted_runs_jobs_that_exit_at_once(swept):
 def test_a_time_limit_requeues_and_the_run_ends_as_if_uninterrupted(tmp_path):
     """timeout_min=1: SLURM sends USR2 30 to 60 s after the start (signal_delay_s is shortened to 1 s);
     the job stops between two steps, checkpoints, records itself interrupted and submitit requeues
-    it; the next start resumes. The run needs 60 s of training, so it is cut at least once."""
-    steps = steps_for(60, tmp_path)
+    it; the next start resumes. The run needs 90 s of training by the calibration, so it is cut at least once
+    even when the job trains half again as fast as the calibration measured (a machine whose load changes)."""
+    steps = steps_for(90, tmp_path)
     args = [*TINY, f"train.steps={steps}"]
     sweep = start(slurm(tmp_path / "slurm", *args, "hydra.launcher.timeout_min=1"), cwd=tmp_path)
     # the same run with the basic launcher, meanwhile, on the other core
