@@ -41,6 +41,7 @@ FIGURE_TITLES = {
     "effective_step": "Effective step ‖ΔW‖/‖W‖ per step, per nominal learning rate",
     "weight_norm": "Weight norm ‖W‖ per nominal learning rate",
     "effective_lr": "Effective learning rate lr/‖W‖² of scale-invariant layers",
+    "branch_opening": "How each residual branch opens: its gain or its last norm's γ, per block",
 }
 
 
@@ -326,6 +327,7 @@ def build_report(
         lines += [f"### {title}", "", f"![{title}](figures/{name}.png)", *vec, ""]
     lines += _late_probe_section(runs, metrics, by, out, reference or "bn")
     lines += _probe_section(metrics, by, out)
+    lines += _branch_section(runs, metrics, by, out, formats, seeds)
     lines += _problem_runs(runs, skipped, damaged) + [""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
@@ -476,6 +478,52 @@ def _probe_section(metrics: pd.DataFrame, by: list[str], out: Path) -> list[str]
         "x ≤ 0 into a ReLU); `pool/...` are the statistics of a max-pool's output. Raw numbers: `probes.csv`.",
         "",
         markdown_table(shown),
+        "",
+    ]
+
+
+def _branch_section(runs: pd.DataFrame, metrics: pd.DataFrame, by: list[str], out: Path, formats: Sequence[str], seeds: bool) -> list[str]:
+    """ResNets whose probes log a branch scale: the branch-opening figure and branch_scales.csv; nothing otherwise."""
+    from bnstudy.analysis.branches import GAMMA, branch_figure, branch_table
+
+    name = "branch_opening"
+    shown = runs[runs["status"] != "failed"]
+    table = branch_table(shown, metrics, by)
+    if table.empty:
+        (out / "branch_scales.csv").unlink(missing_ok=True)  # a stale table or figure would not match these runs
+        for ext in ("png", "pdf", "svg"):
+            (out / "figures" / f"{name}.{ext}").unlink(missing_ok=True)
+        return []
+    table.to_csv(out / "branch_scales.csv", index=False)
+    fig = branch_figure(shown, metrics, by=by, seeds=seeds)
+    save_figure(fig, out / "figures", name, formats=formats)
+    if "svg" not in formats:
+        (out / "figures" / f"{name}.svg").unlink(missing_ok=True)
+
+    def scale(v: float, spread: float) -> str:
+        return _fmt(v, 3) + ("" if pd.isna(spread) else f" ± {_fmt(spread, 2)}")
+
+    shown_table = table[[*by, "block", "stage", "scale", "site", "runs"]].copy()
+    shown_table["first probe (step)"] = table["first_step"].map(_fmt)
+    shown_table["first"] = [scale(v, s) for v, s in zip(table["first"], table["first_spread"])]
+    shown_table["last probe (step)"] = table["last_step"].map(_fmt)
+    shown_table["last"] = [scale(v, s) for v, s in zip(table["last"], table["last_spread"])]
+    title = figure_title(name)
+    vec = f"(vector: [figures/{name}.pdf](figures/{name}.pdf)" + (f", [svg](figures/{name}.svg))" if "svg" in formats else ")")
+    return [
+        "## Residual branches opening (probes)",
+        "",
+        "What multiplies each residual branch's output, per block, on the probe rows: the scalar gain where the "
+        "network has one (`block{b}/gain`: SkipInit's gain of a variant without γ or under `model.branch_gate=scalar`, "
+        f"Fixup's multiplier), else the mean over channels of the γ of the block's last norm (`{GAMMA}`, the site "
+        "named in `site`, found from the run's model), ± its spread over channels. A setting with both has both rows "
+        "(in the figure: the gain solid, the γ dashed). Mean over seeds at each run's first and last probe. "
+        "Raw numbers: `branch_scales.csv`.",
+        "",
+        f"![{title}](figures/{name}.png)",
+        vec,
+        "",
+        markdown_table(shown_table),
         "",
     ]
 
