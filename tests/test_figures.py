@@ -70,6 +70,19 @@ def test_figures_are_saved_at_150_dpi_with_a_vector_copy(tmp_path):
     assert paths[1].read_bytes().startswith(b"%PDF")
 
 
+def test_a_figure_saved_twice_writes_the_same_bytes(tmp_path, monkeypatch):
+    """No creation date or random ids in PNG, PDF or SVG: a regenerated report does not churn its committed files."""
+    import time
+
+    runs, metrics = _study({"bn": [[0.5, 0.9], [0.4, 0.8]]})
+    first = plots.save_figure(plots.accuracy_figure(runs, metrics), tmp_path / "a", "acc", formats=("png", "pdf", "svg"))
+    clock = time.time()
+    monkeypatch.setattr(time, "time", lambda: clock + 86400)  # a day later, as far as any date in a file goes
+    second = plots.save_figure(plots.accuracy_figure(runs, metrics), tmp_path / "b", "acc", formats=("png", "pdf", "svg"))
+    for a, b in zip(first, second):
+        assert a.read_bytes() == b.read_bytes(), a.name
+
+
 def test_report_writes_pdf_and_draws_seeds(tmp_path):
     """bnstudy-report --seeds on a tiny study: every figure as PNG and PDF, the report links the PDF."""
     from tests.test_analysis import write_run  # the suite's writer of a finished run folder

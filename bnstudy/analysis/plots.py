@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+import matplotlib
 from matplotlib import transforms
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -276,6 +277,10 @@ def png_dpi(fig: Figure) -> float:
     return min(PNG_DPI, (PNG_MAX_PIXELS / (w * h)) ** 0.5)
 
 
+# no creation date in vector files: a report regenerated from the same runs writes the same bytes (no churn in git)
+STABLE_METADATA = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}
+
+
 def save_figure(fig: Figure, out_dir: str | Path, name: str, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
     """Write ``fig`` as ``out_dir/name.png`` (for reports) and ``.svg`` (for papers)."""
     out_dir = Path(out_dir)
@@ -286,7 +291,8 @@ def save_figure(fig: Figure, out_dir: str | Path, name: str, formats: Sequence[s
         if fmt == "png":
             write_png(fig, path)
         else:
-            fig.savefig(path)
+            with matplotlib.rc_context({"svg.hashsalt": "bnstudy"}):  # fixed ids inside an SVG
+                fig.savefig(path, metadata=STABLE_METADATA.get(fmt))
         paths.append(path)
     return paths
 
