@@ -177,3 +177,22 @@ def test_agreement_with_the_grid():
     assert agreement(0.9, 0.3, grid) == (1.0, "within a step")  # nearer the next grid rate, but inside the step
     assert agreement(1.0, 0.3, grid) == (1.0, "no")
     assert agreement(20.0, 10.0, grid) == (10.0, "within a step")  # beyond the last rate: a step as wide as the one below
+
+
+def test_compare_without_trials_or_matching_grid_runs_is_one_line(tmp_path, capsys):
+    grid = ROOT / "results" / "mnist_tuned"  # read only: the committed grid of the tuned MNIST study
+    header = ",".join(S.TRIAL_COLUMNS) + "\n"
+    cases = {
+        "empty": (header, "lists no trial"),  # a search refused at its first trial writes only the header
+        "other": (header + "norm=foo,0,complete,0.44,0.967,5000,,x/seed0,norm=foo 1\n", "no trained run of the search's settings (norm=foo)"),
+    }
+    for name, (text, said) in cases.items():
+        out = tmp_path / name
+        out.mkdir()
+        (out / S.TRIALS_CSV).write_text(text)
+        with pytest.raises(SystemExit) as e:
+            S.main(["--compare", str(out), str(grid)])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and said in err, err
+        assert not (out / "search_vs_grid.csv").exists()

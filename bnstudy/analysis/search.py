@@ -75,6 +75,8 @@ def comparison(search_dir: Path, grid_dir: Path) -> tuple[pd.DataFrame, pd.DataF
     if not path.exists():
         raise CompareError(f"{path} does not exist: give the out_dir of a bnstudy-search run as SEARCH")
     trials = pd.read_csv(path)
+    if trials.empty:
+        raise CompareError(f"{path} lists no trial: run the search before comparing it with a grid")
     try:
         search_runs, grid = load_runs(search_dir), load_runs(grid_dir)
     except NoRuns as e:
@@ -96,7 +98,11 @@ def comparison(search_dir: Path, grid_dir: Path) -> tuple[pd.DataFrame, pd.DataF
         grid_steps = int(g["step"].fillna(0).sum())
         rows.append([label, grid_lr, grid_lr_seeds, search_lr, nearest, agrees, len(counted), int((counted["state"] == "pruned").sum()),
                      steps, grid_steps, steps / grid_steps if grid_steps else math.nan, search_val, grid_val])  # fmt: skip
-    return pd.DataFrame(rows, columns=COLUMNS), trials, grid
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    if not table["grid_steps"].sum():
+        raise CompareError(f"{grid_dir} holds no trained run of the search's settings ({', '.join(table['setting'])}): "
+                           "give the grid study that swept them as GRID")
+    return table, trials, grid
 
 
 def _figure(table: pd.DataFrame, trials: pd.DataFrame, grid: pd.DataFrame, seeds: list[int]) -> Any:
