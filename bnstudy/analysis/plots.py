@@ -25,7 +25,7 @@ from matplotlib import transforms
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from bnstudy.analysis.aggregate import DONE, curves, mean_ci, t_quantile, varying_factors
+from bnstudy.analysis.aggregate import DONE, curves, mean_ci, varying_factors
 from bnstudy.analysis.probe_plots import (  # noqa: F401  (re-exported: bnstudy.analysis.<name> reads them here)
     landscape_figure,
     probe_figure,
@@ -62,13 +62,9 @@ def proportion_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, 
     with the logistic function: symmetric on the logit scale, so it narrows
     towards 0 and 1 instead of crossing them. NaN below two finite values.
     """
-    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
-    if len(v) < 2:
-        return math.nan, math.nan
-    z = np.log(np.clip(v, LOGIT_EPS, 1 - LOGIT_EPS) / (1 - np.clip(v, LOGIT_EPS, 1 - LOGIT_EPS)))
-    half = t_quantile(level, len(z) - 1) * float(z.std(ddof=1)) / math.sqrt(len(z))
-    m = float(z.mean())
-    return float(1 / (1 + math.exp(-(m - half)))), float(1 / (1 + math.exp(-(m + half))))
+    v = np.clip(np.asarray([x for x in values if np.isfinite(x)], dtype=float), LOGIT_EPS, 1 - LOGIT_EPS)
+    _, lo, hi, _ = mean_ci(np.log(v / (1 - v)), level)
+    return float(1 / (1 + math.exp(-lo))), float(1 / (1 + math.exp(-hi)))
 
 
 def _proportion_bands(m: pd.DataFrame, split: str, metric: str) -> pd.DataFrame:
