@@ -293,10 +293,7 @@ def build_report(
 
     figs = figures(runs, metrics, seeds=seeds)
     formats = ("png", "pdf", "svg") if vector else ("png", "pdf")
-    for name, fig in figs.items():
-        save_figure(fig, out / "figures", name, formats=formats)
-        if not vector:
-            (out / "figures" / f"{name}.svg").unlink(missing_ok=True)  # a stale vector copy would not match
+    vectors = {name: _save_linked(fig, out, name, formats) for name, fig in figs.items()}
 
     lines = [f"# bnstudy report: {root.resolve().name}", ""]
     lines += _study_section(root, runs, target) + code_lines + [""]
@@ -321,10 +318,9 @@ def build_report(
         "## Figures",
         "",
     ]
-    for name in figs:
+    for name, vec in vectors.items():
         title = figure_title(name)
-        vec = [f"(vector: [figures/{name}.pdf](figures/{name}.pdf)" + (f", [svg](figures/{name}.svg))" if vector else ")")]
-        lines += [f"### {title}", "", f"![{title}](figures/{name}.png)", *vec, ""]
+        lines += [f"### {title}", "", f"![{title}](figures/{name}.png)", vec, ""]
     lines += _late_probe_section(runs, metrics, by, out, reference or "bn")
     lines += _probe_section(metrics, by, out)
     lines += _branch_section(runs, metrics, by, out, formats, seeds)
@@ -332,6 +328,15 @@ def build_report(
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _save_linked(fig: Any, out: Path, name: str, formats: Sequence[str]) -> str:
+    """Write ``fig`` as ``out/figures/name.<format>`` (a stale SVG goes) and return the report's line linking its vector copies."""
+    save_figure(fig, out / "figures", name, formats=formats)
+    if "svg" not in formats:
+        (out / "figures" / f"{name}.svg").unlink(missing_ok=True)  # a stale vector copy would not match
+    svg = f", [svg](figures/{name}.svg)" if "svg" in formats else ""
+    return f"(vector: [figures/{name}.pdf](figures/{name}.pdf){svg})"
 
 
 def _differences_lines(
@@ -495,10 +500,7 @@ def _branch_section(runs: pd.DataFrame, metrics: pd.DataFrame, by: list[str], ou
             (out / "figures" / f"{name}.{ext}").unlink(missing_ok=True)
         return []
     table.to_csv(out / "branch_scales.csv", index=False)
-    fig = branch_figure(shown, metrics, by=by, seeds=seeds)
-    save_figure(fig, out / "figures", name, formats=formats)
-    if "svg" not in formats:
-        (out / "figures" / f"{name}.svg").unlink(missing_ok=True)
+    vec = _save_linked(branch_figure(shown, metrics, by=by, seeds=seeds), out, name, formats)
 
     def scale(v: float, spread: float) -> str:
         return _fmt(v, 3) + ("" if pd.isna(spread) else f" ± {_fmt(spread, 2)}")
@@ -509,7 +511,6 @@ def _branch_section(runs: pd.DataFrame, metrics: pd.DataFrame, by: list[str], ou
     shown_table["last probe (step)"] = table["last_step"].map(_fmt)
     shown_table["last"] = [scale(v, s) for v, s in zip(table["last"], table["last_spread"])]
     title = figure_title(name)
-    vec = f"(vector: [figures/{name}.pdf](figures/{name}.pdf)" + (f", [svg](figures/{name}.svg))" if "svg" in formats else ")")
     return [
         "## Residual branches opening (probes)",
         "",
