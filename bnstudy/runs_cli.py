@@ -1,7 +1,6 @@
 """``bnstudy-runs`` and ``bnstudy-report``: list, check and compare finished runs, and write reports."""
 from __future__ import annotations
 
-import errno
 import sys
 from pathlib import Path
 
@@ -110,6 +109,7 @@ def _pack(root: Path, unpack: bool) -> int:
     """``bnstudy-runs DIR --pack`` / ``--unpack``: one line saying what was done; 2 when it cannot be, 1 when a write fails (a full disk)."""
     from bnstudy.archive import PackError
     from bnstudy.archive_write import pack, unpack as unpack_
+    from bnstudy.errors import no_space
 
     try:
         if unpack:
@@ -122,7 +122,7 @@ def _pack(root: Path, unpack: bool) -> int:
         return 2
     except OSError as e:  # a full disk, most often: what was written is gone again, so the same command can be rerun
         what, done = ("unpack", "unpacked (the pack is kept)") if unpack else ("pack", "packed (the run folders and any pack are as they were)")
-        if e.errno == errno.ENOSPC or "[errno 28]" in str(e).lower():  # pyarrow names the errno only in its message
+        if no_space(e) or "[errno 28]" in str(e).lower():  # pyarrow names the errno only in its message
             print(f"error: no space left on the device holding {root}: nothing was {done}; free some and run the same "
                   "command again", file=sys.stderr)
         else:
