@@ -196,3 +196,15 @@ def test_compare_without_trials_or_matching_grid_runs_is_one_line(tmp_path, caps
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and said in err, err
         assert not (out / "search_vs_grid.csv").exists()
+
+
+def test_compare_reads_a_search_of_one_rate_over_several_seeds(searched, tmp_path, tmp_data):
+    grid, _ = searched
+    out = tmp_path / "one"
+    S.main([*TINY, "norm=bn", "seed=0,1", "optim.lr=interval(0.01,3)", f"out_dir={out}", "--trials", "1"])
+    (trial,) = trials_csv(out)
+    from bnstudy.analysis.search import comparison
+
+    table, _, _ = comparison(out, grid)
+    assert table["search_lr"].tolist() == [float(trial["lr"])]  # the one rate both seeds trained is the search's choice
+    assert table["search_val_acc"].tolist() == [pytest.approx(float(trial["val_acc"]))]

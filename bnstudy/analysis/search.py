@@ -51,8 +51,8 @@ def _choice(runs: pd.DataFrame) -> tuple[float, float]:
         c = pd.DataFrame()
     if c.empty:
         done = runs[runs["status"].isin(("completed", "diverged"))]
-        if len(done) == 1:  # one finished rate: nothing to choose between, but it is the choice
-            return float(done["lr"].iloc[0]), float(done["final_val_acc"].iloc[0])
+        if done["lr"].nunique() == 1:  # one finished rate (its seeds): nothing to choose between, but it is the choice
+            return float(done["lr"].iloc[0]), float(pd.to_numeric(done["final_val_acc"], errors="coerce").mean())
         return math.nan, math.nan
     return float(c["lr"].iloc[0]), float(c["val_acc"].iloc[0])
 
