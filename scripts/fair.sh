@@ -34,10 +34,11 @@ VGG_SETTINGS=(
   "norm=affine|0.005 0.01 0.02 0.05"
   "norm=none|0.005 0.01 0.02 0.05"
 )
-# (b) setting | rate grid (spanning 4x around the committed choice of its unfair counterpart: affine + SkipInit 0.1)
+# (b) setting | rate grid (spanning 4x around the committed choice of its unfair counterpart: affine + SkipInit 0.1);
+# Fixup chose 0.05, the bottom of its first grid (0.1 diverged at step 124), so the grid went on down to 0.025
 FAIR_SETTINGS=(
   "norm=affine model.zero_init_residual=true optim.norm_decay=false|0.05 0.1 0.2"
-  "norm=none model.init=fixup optim.norm_decay=false optim.norm_lr_scale=0.1|0.05 0.1 0.2"
+  "norm=none model.init=fixup optim.norm_decay=false optim.norm_lr_scale=0.1|0.025 0.05 0.1 0.2"
 )
 # (b) only if the fair affine + SkipInit trails none + SkipInit at 0.1 (results/resnet_full/mid_rate_check) by more than
 # a point: gamma and beta also at a tenth of the rate (Fixup's treatment of its scalars), with its own rate choice
