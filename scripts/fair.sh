@@ -35,10 +35,11 @@ VGG_SETTINGS=(
   "norm=none|0.005 0.01 0.02 0.05"
 )
 # (b) setting | rate grid (spanning 4x around the committed choice of its unfair counterpart: affine + SkipInit 0.1);
-# Fixup chose 0.05, the bottom of its first grid (0.1 diverged at step 124), so the grid went on down to 0.025
+# Fixup's first grid ran as two: 0.05, 0.1, 0.2 (0.1 diverged at step 124) with 0.025 added while 0.2 still ran, when
+# 0.05 led; then 0.2 won, the top of the grid, so it went on up to 0.4
 FAIR_SETTINGS=(
   "norm=affine model.zero_init_residual=true optim.norm_decay=false|0.05 0.1 0.2"
-  "norm=none model.init=fixup optim.norm_decay=false optim.norm_lr_scale=0.1|0.025 0.05 0.1 0.2"
+  "norm=none model.init=fixup optim.norm_decay=false optim.norm_lr_scale=0.1|0.025 0.05 0.1 0.2 0.4"
 )
 # (b) only if the fair affine + SkipInit trails none + SkipInit at 0.1 (results/resnet_full/mid_rate_check) by more than
 # a point: gamma and beta also at a tenth of the rate (Fixup's treatment of its scalars), with its own rate choice
