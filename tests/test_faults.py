@@ -25,7 +25,7 @@ from bnstudy.config import RunConfig, run_name
 from bnstudy.train import Hook, train_run
 from bnstudy.train.loop import Interrupted
 
-from .conftest import ROOT, cli, compose, resumes_from, start
+from .conftest import ROOT, _command_env, cli, compose, resumes_from, start
 from .test_faults_sigint import ALLOWED, outcome
 
 PYTHONS_OWN = ALLOWED[:2]  # the outcomes of a press before bnstudy's first line runs (docs/faults.md)
@@ -358,6 +358,29 @@ def test_ctrl_c_on_a_forced_run_says_what_the_same_command_does(tmp_path, tmp_da
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == step
     resumed = _start([a for a in args if a != "force=true"], tmp_path)  # what the line says: resumes there
     assert resumes_from(resumed, run, step)
+
+
+def test_sigterm_in_the_background_stops_between_steps_and_resumes(tmp_path, tmp_data):
+    """``kill PID`` on a run started with ``nohup ... &`` (which ignores Ctrl-C): the run stops after its current step,
+    checkpointed there and marked interrupted, with one line and exit 143; the same command resumes from that step."""
+    args = [*LONG, f"out_dir={tmp_path}"]
+    run = run_dir_of(args)
+    proc = subprocess.Popen([sys.executable, "-m", "bnstudy.train", *args], cwd=tmp_path, env=_command_env(None),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    _wait_training(proc, run)
+    proc.send_signal(signal.SIGINT)  # ignored, as in the background
+    time.sleep(0.3)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    m = re.match(r"^interrupted at step (\d+); run the same command to resume$", first_line(err))
+    assert proc.returncode == 143 and m, err
+    step = int(m.group(1))
+    s = summary(run)
+    assert s["status"] == "interrupted" and s["reason"] == "SIGTERM" and s["step"] == step > 0
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == step  # not the last periodic checkpoint's
+    assert resumes_from(_start(args, tmp_path), run, step)
 
 
 # ---------------------------------------------------------------- transfer import: nothing lost, nothing outside DEST

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from bnstudy.cli import resolvers  # noqa: F401  (the resolvers and the schema t
 from bnstudy.cli.hydra_errors import FULL_ERROR_ENV, command_line_error, full_error
 from bnstudy.cli.job import run_job
 from bnstudy.cli.leftovers import remove_made
+from bnstudy.cli.signals import TERM
 from bnstudy.cli.skip import remove_if_empty
 from bnstudy.cli.sweep import SweepCallback
 from bnstudy.errors import INTERRUPTED_AT_START, BnstudyError, causes, no_space
@@ -40,7 +42,7 @@ def _hydra_main(cfg: DictConfig) -> str:
         else:
             print(f"interrupted at step {e.step}; run the same command to resume", file=sys.stderr)
         _ends_here(out, multirun)
-        sys.exit(130)
+        sys.exit(128 + signal.SIGTERM if e.reason == TERM else 130)  # as the shell reports each signal
     except KeyboardInterrupt:
         _ends_here(out, multirun)
         print(INTERRUPTED_AT_START, file=sys.stderr)

@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from bnstudy import threads, trackers
-from bnstudy.cli.signals import CTRL_C, ctrl_c_stops, requeue, stop_on_job_signals
+from bnstudy.cli.signals import CTRL_C, TERM, ctrl_c_stops, requeue, stop_on_job_signals, term_stops
 from bnstudy.cli.skip import remove_if_empty, run_log_files, skip
 from bnstudy.cli.sweep import SWEEP_ENV, launcher_share
 from bnstudy.checks import check_values
@@ -92,7 +92,7 @@ def run_job(cfg: DictConfig, extra_hooks: list | None = None) -> str:
         return "locked"
     stop = StopRequest()
     try:
-        with lock, stop_on_job_signals(stop) as previous, ctrl_c_stops(stop), devices.deadline_stops(stop):
+        with lock, stop_on_job_signals(stop) as previous, ctrl_c_stops(stop), term_stops(stop), devices.deadline_stops(stop):
             # another process may have finished the run between the check above and the lock
             done = skip(run_dir, rcfg)
             if done:
@@ -102,7 +102,7 @@ def run_job(cfg: DictConfig, extra_hooks: list | None = None) -> str:
                 result = train_run(rcfg, run_dir, extra_hooks=extra_hooks, sweep_id=os.environ.get(SWEEP_ENV), stop=stop)
     except Interrupted as e:
         _drop_earlier_error(run_dir)
-        if e.reason == CTRL_C or e.reason != stop.reason:
+        if e.reason in (CTRL_C, TERM) or e.reason != stop.reason:
             raise  # the user stops the whole command (the app says where and how to go on), or a hook did
         log.warning("interrupted %s at step %d (%s); checkpoint kept", run_dir, e.step, e.reason)
         requeue(stop, previous)

@@ -13,6 +13,7 @@ from bnstudy.train.stops import StopRequest
 log = logging.getLogger("bnstudy")
 
 CTRL_C = "Ctrl-C"
+TERM = "SIGTERM"  # outside a cluster job: kill, timeout, a container or the machine shutting down
 
 
 @contextlib.contextmanager
@@ -37,6 +38,27 @@ def ctrl_c_stops(stop: StopRequest) -> Iterator[None]:
         # after a Ctrl-C stop the command only prints its last line and exits: a late press must not turn
         # that into a traceback or the wrong line
         signal.signal(signal.SIGINT, signal.SIG_IGN if stop.reason == CTRL_C else previous)
+
+
+@contextlib.contextmanager
+def term_stops(stop: StopRequest) -> Iterator[None]:
+    """Outside a cluster job, SIGTERM asks the loop to stop after the current step, as a first Ctrl-C does.
+
+    ``kill PID``, ``timeout``, ``docker stop`` and a machine shutting down send SIGTERM, and a run started in the
+    background (``nohup ... &``) ignores Ctrl-C: without this, such a stop lost every step since the last checkpoint
+    and left the run marked ``running``. A second SIGTERM changes nothing (the step ends within seconds, and whoever
+    sends it escalates to SIGKILL, which no handler sees). Inside a submitit job, :func:`stop_on_job_signals` handles it.
+    """
+    if ("SUBMITIT_EXECUTOR" in os.environ or threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN):
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: stop.set(TERM, signum))
+    try:
+        yield
+    finally:
+        # after a SIGTERM stop the command only prints its last line and exits: a second one must not cut that short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN if stop.reason == TERM else previous)
 
 
 def _job_signals() -> dict[int, str]:
