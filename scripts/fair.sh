@@ -16,7 +16,8 @@
 #   bash scripts/fair.sh ladder      # the fair ladder beside the committed one, as markdown
 #   bash scripts/fair.sh vgg_compare # (a) against vgg_tuned: each variant at its chosen rate, gaps to bn, what no decay changed
 # Resumable: every run is one bnstudy-train command, so a finished run is skipped and an interrupted one resumes from
-# its checkpoint; run the same line again to continue. Meant for the background:
+# its checkpoint; run the same line again to continue. To stop, `pkill -TERM -f bnstudy-train`: each run saves a
+# checkpoint of its current step and the queue stops. Meant for the background:
 #   nohup bash scripts/fair.sh select > fair.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,7 +52,8 @@ CONTROL="norm=bn optim.norm_decay=false optim.lr=0.2"
 GATE="model.branch_gate=scalar"
 
 run_queue() {  # one bnstudy-train -m per line of stdin, JOBS at a time; exit 1 if any failed
-  xargs -P "$JOBS" -I{} -d '\n' bash -c "$BIN/bnstudy-train -m {}"
+  # a run stopped by SIGTERM (kill, or pkill -f bnstudy-train) exits 143: the queue stops there (xargs stops at 255)
+  xargs -P "$JOBS" -I{} -d '\n' bash -c "$BIN/bnstudy-train -m {} || { rc=\$?; [ \$rc = 143 ] && exit 255; exit \$rc; }"
 }
 
 chosen_rate() {  # $1: results folder, $2: overrides; the chosen rate, or one line on stderr and exit 1

@@ -13,6 +13,7 @@
 # from its checkpoint; run the same line again to continue. mid and full read the chosen rates from the runs of
 # select and refuse to start while one of its settings has no finished run or its best rate sits at the grid's edge.
 # Meant for the background: nohup bash scripts/resnet_full.sh all > resnet_full.log 2>&1 &
+# To stop: pkill -TERM -f bnstudy-train (each run saves a checkpoint of its current step, and the queue stops).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
@@ -50,7 +51,8 @@ RATE_CHECK=(
 )
 
 run_queue() {  # one bnstudy-train -m per line of stdin, JOBS at a time; exit 1 if any failed
-  xargs -P "$JOBS" -I{} -d '\n' bash -c "$BIN/bnstudy-train -m $COMMON {}"
+  # a run stopped by SIGTERM (kill, or pkill -f bnstudy-train) exits 143: the queue stops there (xargs stops at 255)
+  xargs -P "$JOBS" -I{} -d '\n' bash -c "$BIN/bnstudy-train -m $COMMON {} || { rc=\$?; [ \$rc = 143 ] && exit 255; exit \$rc; }"
 }
 
 select_cmds() {
